@@ -50,3 +50,150 @@ class CrossEntropyLoss(nn.Module):
         return self.loss_weight * seg_cross_entropy(
             logits, target, self.ignore_index, self.avg_non_ignore
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Pixel contrastive loss (FRM network, SPEC 2.2 — reconstructed: the paper names a contrastive term
+# that makes pixel embeddings discriminative; the form below is ours)
+# --------------------------------------------------------------------------------------------------
+def supervised_infonce(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised InfoNCE (Khosla et al. 2020, "SupCon") over M anchors.
+
+    z: M×d, L2-normalised; labels: M. For every anchor i with at least one positive (another
+    anchor of its class), ``ℓ_i = −1/|P(i)| Σ_{p∈P(i)} log(exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ))``;
+    the loss is the mean of ``ℓ_i`` over those anchors (0, still attached to the graph, if none).
+    """
+    m = z.shape[0]
+    eye = torch.eye(m, dtype=torch.bool, device=z.device)
+    logits = (z @ z.t() / temperature).masked_fill(eye, float("-inf"))  # a ≠ i
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = positive.sum(dim=1)
+    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / n_pos.clamp_min(1)
+    valid = n_pos > 0
+    if not bool(valid.any()):
+        return z.sum() * 0.0
+    return per_anchor[valid].mean()
+
+
+class PixelContrastiveLoss(nn.Module):
+    """Supervised pixel contrastive loss with its own projection head.
+
+    The projection head (Conv1x1 C→C → ReLU → Conv1x1 C→``embed_dim``) lives here, in the loss,
+    and not in the model: it is trained with the model (put this module's parameters in the
+    optimizer and its state dict in the checkpoint) but inference and exported models never carry
+    it.
+
+    ``forward(features, target)``: features N×C×h×w (the decoder features, e.g. the FRM head's
+    ``forward_train()["embed_features"]``), target N×H×W class ids. Labels are downsampled to h×w
+    by nearest neighbour; pixels labelled ``ignore_index`` are never anchors (their features get
+    exactly zero gradient). Per class present in the batch, at most ``max_samples_per_class``
+    pixels are drawn at random (without replacement) as anchors; the projected embeddings are
+    L2-normalised and fed to :func:`supervised_infonce` with ``temperature``.
+
+    Sampling uses this module's own ``torch.Generator`` (seeded by ``seed``), whose state is part
+    of ``state_dict()`` (``_extra_state``), so a resumed run draws the very same anchors.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        embed_dim: int = 128,
+        temperature: float = 0.1,
+        max_samples_per_class: int = 128,
+        ignore_index: int = 255,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(), nn.Conv2d(in_channels, embed_dim, 1)
+        )
+        self.temperature = temperature
+        self.max_samples_per_class = max_samples_per_class
+        self.ignore_index = ignore_index
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {"rng_state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["rng_state"])
+
+    def sample_anchors(self, labels: torch.Tensor) -> torch.Tensor:
+        """Flat indices of the anchors among ``labels`` (a flat label vector), class by class in
+        ascending class order; ignore pixels are never drawn."""
+        picked = []
+        for c in torch.unique(labels).tolist():
+            if c == self.ignore_index:
+                continue
+            idx = (labels == c).nonzero().squeeze(1)
+            if idx.numel() > self.max_samples_per_class:
+                order = torch.randperm(idx.numel(), generator=self.generator)[: self.max_samples_per_class]
+                idx = idx[order.to(idx.device)]
+            picked.append(idx)
+        if not picked:
+            return labels.new_zeros(0, dtype=torch.long)
+        return torch.cat(picked)
+
+    def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = features.shape
+        labels = F.interpolate(target[:, None].float(), size=(h, w), mode="nearest").long().flatten()
+        idx = self.sample_anchors(labels)
+        flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        # The projection is 1x1, i.e. per pixel: project only the anchors.
+        z = self.proj(flat[idx][:, :, None, None]).flatten(1)
+        return supervised_infonce(F.normalize(z, dim=1), labels[idx], self.temperature)
+
+
+class SegLoss(nn.Module):
+    """What the training engine calls: ``loss_fn(outputs, target) -> (total, parts)``.
+
+    ``outputs`` is a model's ``forward_train`` dict: ``"logits"`` (any stride; upsampled to the
+    label size by the cross-entropy) and, for heads that provide it, ``"embed_features"``.
+    ``total = CE + contrastive_weight · contrastive`` (λ = 0.1 in the FRM design, SPEC 2.2); the
+    contrastive term is computed only when both ``contrastive`` and ``"embed_features"`` are
+    present. ``parts`` holds the detached terms (``"ce"``, ``"contrastive"``).
+    """
+
+    def __init__(
+        self,
+        ce: CrossEntropyLoss | None = None,
+        contrastive: PixelContrastiveLoss | None = None,
+        contrastive_weight: float = 0.1,
+    ):
+        super().__init__()
+        self.ce = ce if ce is not None else CrossEntropyLoss()
+        self.contrastive = contrastive
+        self.contrastive_weight = contrastive_weight
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ce = self.ce(outputs["logits"], target)
+        parts = {"ce": ce.detach()}
+        total = ce
+        if self.contrastive is not None and "embed_features" in outputs:
+            con = self.contrastive(outputs["embed_features"], target)
+            parts["contrastive"] = con.detach()
+            total = total + self.contrastive_weight * con
+        return total, parts
+
+
+def build_seg_loss(
+    model: nn.Module,
+    *,
+    contrastive_weight: float = 0.1,
+    ignore_index: int = 255,
+    avg_non_ignore: bool = False,
+    **contrastive_kwargs,
+) -> SegLoss:
+    """The loss for ``model``: CE, plus the pixel contrastive term when the model's head exposes
+    ``embed_channels`` (the FRM head) and ``contrastive_weight > 0``. ``contrastive_kwargs`` go to
+    :class:`PixelContrastiveLoss` (``embed_dim``, ``temperature``, ``max_samples_per_class``, ``seed``)."""
+    ce = CrossEntropyLoss(ignore_index=ignore_index, avg_non_ignore=avg_non_ignore)
+    head = getattr(model, "head", model)
+    channels = getattr(head, "embed_channels", None)
+    contrastive = None
+    if channels is not None and contrastive_weight > 0:
+        contrastive = PixelContrastiveLoss(channels, ignore_index=ignore_index, **contrastive_kwargs)
+    return SegLoss(ce, contrastive, contrastive_weight)

@@ -1,0 +1,219 @@
+"""The dataset doctor: ``lightseg data check`` — find what would break or silently spoil training.
+
+Per split it reports (JSON keys): ``pairs`` (image/mask pairs found), ``missing_masks`` (images
+without a mask), ``missing_images`` (masks without an image), ``unreadable`` (files that do not
+decode), ``size_mismatch`` (mask size ≠ image size), ``bad_labels`` (label values outside
+``0..num_classes-1`` that are not the ignore value 255, after the dataset's label rule — and masks
+holding only 0 and 255, the classic binary mask saved with 255 for "foreground", which would train
+the foreground as *ignore*), ``class_pixels`` (pixels per class name) and ``ignore_pixels``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lightseg.data.base import IGNORE_INDEX, DataError, DatasetNotFoundError, SegDataset, read_mask
+
+PROBLEM_KEYS = ("missing_masks", "missing_images", "unreadable", "size_mismatch", "bad_labels")
+
+BINARY_MASK_PROBLEM = (
+    "binary 0/255 mask: 255 is the ignore index, so the foreground would be ignored in training; "
+    "store foreground as 1 (and list two classes)"
+)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image, decoding it fully so that truncated files are caught."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size[1], im.size[0]
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def check_pair(ds: SegDataset, i: int) -> dict[str, Any]:
+    """Findings for pair ``i``: ``unreadable``/``size_mismatch``/``bad_labels`` entries and a histogram."""
+    image_path, mask_path = ds.files[i]
+    out: dict[str, Any] = {"unreadable": [], "size_mismatch": [], "bad_labels": [], "hist": None}
+    try:
+        size = _image_size(image_path)
+    except DataError as e:
+        out["unreadable"].append({"file": str(image_path), "error": str(e)})
+        size = None
+    if mask_path is None:
+        return out
+    try:
+        raw = read_mask(mask_path)
+    except DataError as e:
+        out["unreadable"].append({"file": str(mask_path), "error": str(e)})
+        return out
+    if size is not None and raw.shape != size:
+        out["size_mismatch"].append(
+            {
+                "image": str(image_path),
+                "mask": str(mask_path),
+                "image_hw": list(size),
+                "mask_hw": list(raw.shape),
+            }
+        )
+    raw_values = np.unique(raw)
+    if raw_values.tolist() == [0, IGNORE_INDEX]:
+        out["bad_labels"].append({"file": str(mask_path), "values": [0, 255], "problem": BINARY_MASK_PROBLEM})
+    try:
+        mask = ds.convert_mask(raw, mask_path)
+    except DataError as e:
+        out["bad_labels"].append(
+            {"file": str(mask_path), "values": raw_values.tolist()[-5:], "problem": str(e)}
+        )
+        return out
+    hist = np.bincount(mask.ravel(), minlength=256)
+    bad = [v for v in np.flatnonzero(hist).tolist() if v >= ds.num_classes and v != IGNORE_INDEX]
+    if bad:
+        out["bad_labels"].append(
+            {
+                "file": str(mask_path),
+                "values": bad,
+                "problem": f"values outside 0..{ds.num_classes - 1} and not ignore (255) after the label rule",
+            }
+        )
+    out["hist"] = hist
+    return out
+
+
+_WORKER_DS: SegDataset | None = None
+
+
+def _init_worker(ds: SegDataset) -> None:
+    global _WORKER_DS
+    _WORKER_DS = ds
+
+
+def _check_in_worker(i: int) -> dict[str, Any]:
+    assert _WORKER_DS is not None
+    return check_pair(_WORKER_DS, i)
+
+
+def check_dataset(ds: SegDataset, workers: int = 0) -> dict[str, Any]:
+    """The doctor's report for one split (see the module docstring for the keys)."""
+    scan = ds.scan_result
+    report: dict[str, Any] = {
+        "pairs": len(scan.pairs),
+        "missing_masks": [str(p) for p in scan.missing_masks],
+        "missing_images": [str(p) for p in scan.missing_images],
+        "unreadable": [],
+        "size_mismatch": [],
+        "bad_labels": [],
+    }
+    hist = np.zeros(256, dtype=np.int64)
+    indices = range(len(ds.files))
+    if workers > 1 and len(ds.files) > 32:
+        with mp.get_context().Pool(workers, initializer=_init_worker, initargs=(ds,)) as pool:
+            results: Iterable[dict[str, Any]] = list(pool.imap(_check_in_worker, indices, chunksize=16))
+    else:
+        results = (check_pair(ds, i) for i in indices)
+    for r in results:
+        for key in ("unreadable", "size_mismatch", "bad_labels"):
+            report[key] += r[key]
+        if r["hist"] is not None:
+            hist += r["hist"]
+    report["class_pixels"] = {name: int(hist[k]) for k, name in enumerate(ds.classes)}
+    report["ignore_pixels"] = int(hist[IGNORE_INDEX])
+    report["ok"] = not any(report[k] for k in PROBLEM_KEYS) and report["pairs"] > 0
+    return report
+
+
+def default_splits(ds_cls: type[SegDataset], root: Path) -> list[str]:
+    """The splits to check when none is named: the dataset's own, or for ``folder`` what is on disk."""
+    if ds_cls.name != "folder":
+        return list(ds_cls.splits)
+    subdirs = (
+        sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
+        if (root / "images").is_dir()
+        else []
+    )
+    lists = sorted(p.stem for p in root.glob("*.txt") if p.stem not in ("classes", "palette"))
+    return subdirs or lists or ["all"]
+
+
+def check(
+    name: str, root: str | Path, splits: list[str] | None = None, workers: int = 0, **options: Any
+) -> dict[str, dict[str, Any]]:
+    """Check the named splits (default: every split the dataset has on disk) -> {split: report}."""
+    from lightseg.data import DATASETS, build_dataset
+
+    if name not in DATASETS:
+        build_dataset(name, root, "train")  # raises the close-match error
+    explicit = splits is not None
+    reports: dict[str, dict[str, Any]] = {}
+    for split in splits or default_splits(DATASETS[name], Path(root)):
+        try:
+            ds = build_dataset(name, root, split, strict=False, **options)
+        except DatasetNotFoundError:
+            if explicit or split == "train":
+                raise
+            continue  # an optional split (e.g. test) that this copy does not have
+        reports[split] = check_dataset(ds, workers)
+    if not reports:
+        raise DataError(f"{name} at {root}: no split found")
+    return reports
+
+
+def format_text(reports: dict[str, dict[str, Any]], limit: int = 10) -> str:
+    """Human-readable version of :func:`check`'s result."""
+    lines = []
+    for split, r in reports.items():
+        lines.append(f"[{split}] {r['pairs']} pairs — {'OK' if r['ok'] else 'PROBLEMS FOUND'}")
+        for key in PROBLEM_KEYS:
+            items = r[key]
+            if not items:
+                continue
+            lines.append(f"  {key}: {len(items)}")
+            for it in items[:limit]:
+                lines.append(f"    {it if isinstance(it, str) else json.dumps(it)}")
+            if len(items) > limit:
+                lines.append(f"    … {len(items) - limit} more (use --format json)")
+        total = sum(r["class_pixels"].values()) or 1
+        lines.append(f"  class pixels (ignore: {r['ignore_pixels']}):")
+        for cls, n in r["class_pixels"].items():
+            lines.append(f"    {cls:<24} {n:>14,d}  {100 * n / total:6.2f}%{'  (absent)' if n == 0 else ''}")
+    return "\n".join(lines)
+
+
+def parse_options(rest: list[str]) -> dict[str, Any]:
+    """``--data.KEY VALUE`` pairs (dataset options such as ``--data.reduce_zero_label true``) -> dict."""
+    import yaml
+
+    opts: dict[str, Any] = {}
+    it = iter(rest)
+    for tok in it:
+        if not tok.startswith("--data."):
+            raise ValueError(f"unrecognized argument {tok!r} (dataset options are --data.KEY VALUE)")
+        key, _, value = tok[len("--data.") :].partition("=")
+        if not value:
+            value = next(it, None)
+            if value is None:
+                raise ValueError(f"{tok} needs a value")
+        opts[key] = yaml.safe_load(value)
+    return opts
+
+
+def run_check(
+    name: str,
+    root: str,
+    splits: list[str] | None,
+    fmt: str = "text",
+    workers: int = 0,
+    rest: list[str] | None = None,
+) -> int:
+    """``lightseg data check``: print the report; exit status 1 when anything is wrong, else 0."""
+    reports = check(name, root, splits, workers, **parse_options(rest or []))
+    print(json.dumps(reports, indent=2) if fmt == "json" else format_text(reports))
+    return 0 if all(r["ok"] for r in reports.values()) else 1

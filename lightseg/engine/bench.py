@@ -1,0 +1,305 @@
+"""Latency benchmarks (``lightseg bench``) and the ``lightseg export`` verb.
+
+Every result says what the timed graph contains (``output``):
+- ``logits``: the model's logits at its output stride (8 for CGRSeg), nothing else;
+- ``logits-full``: plus bilinear upsampling to the input size (K x H x W);
+- ``argmax``: uint8/int64 labels at full resolution = argmax of ``logits-full``; with
+  ``runtime=onnxruntime`` the graph returns stride-s logits and labels come from
+  :func:`lightseg.engine.predict.upsample_argmax` (timed), in-graph argmax is ``argmax-graph``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightseg.engine.predict import RUNTIMES, upsample_argmax
+
+OUTPUTS = ("logits", "logits-full", "argmax", "argmax-graph")
+
+
+def environment(threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Hardware and versions recorded with every result."""
+    env: dict[str, Any] = {
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if device == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def time_fn(fn: Callable[[], Any], warmup: int = 3, runs: int = 20, sync: Callable[[], None] | None = None) -> list[float]:
+    """Seconds per call of ``fn`` over ``runs`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def summarize(times: Sequence[float], batch: int) -> dict[str, float]:
+    med = statistics.median(times)
+    return {
+        "median_ms": round(med * 1e3, 2),
+        "min_ms": round(min(times) * 1e3, 2),
+        "max_ms": round(max(times) * 1e3, 2),
+        "images_per_s": round(batch / med, 2),
+        "runs": len(times),
+    }
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux: the process's peak, which includes everything before this run.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def make_runner(
+    model: nn.Module,
+    size: Sequence[int],
+    batch: int = 1,
+    *,
+    runtime: str = "torch",
+    optimize: str = "fold-bn",
+    output: str = "logits",
+    threads: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    onnx_path: str | os.PathLike | None = None,
+    calibration: Sequence[Any] | None = None,
+) -> Callable[[torch.Tensor], Any]:
+    """A function ``run(x)`` computing ``output`` for a batch ``x`` with the chosen path.
+
+    ``precision``: ``fp32``; ``bf16`` (torch CPU autocast); ``int8`` (ORT static INT8 calibrated on
+    ``calibration``: N x 3 x H x W normalised real images). ``optimize`` for ORT: ``none`` exports
+    the model as it is (the naive baseline), anything else folds BN and fixes attention biases.
+    """
+    from lightseg.engine.export import InferenceGraph, OrtRunner, export_onnx, quantize_onnx_int8
+    from lightseg.fuse import optimize_for_inference
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+    h, w = int(size[0]), int(size[1])
+    if runtime == "onnxruntime":
+        graph_out = {"argmax": "logits", "argmax-graph": "argmax"}.get(output, output)
+        path = Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-")) / f"model_{optimize}_{graph_out}.onnx"
+        export_onnx(model, path, (h, w), batch=batch, output=graph_out, optimize="none" if optimize == "none" else "fold-bn")
+        if precision == "int8":
+            if not calibration:
+                raise ValueError("precision int8 needs calibration images")
+            path = quantize_onnx_int8(path, path.with_name(path.stem + "_int8.onnx"), calibration)
+        elif precision != "fp32":
+            raise ValueError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
+        ort = OrtRunner(path, threads=threads)
+        if output == "argmax":
+            return lambda x: upsample_argmax(torch.from_numpy(ort(x)), (h, w))
+        return ort
+    prepared = optimize_for_inference(model, optimize, size=(h, w) if optimize != "none" else None)
+    graph = InferenceGraph(prepared, "logits" if output == "argmax" else output.replace("-graph", ""))
+    graph = graph.to(device).eval()
+    use_bf16 = precision == "bf16"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"torch precision must be fp32 or bf16, got {precision!r}")
+
+    @torch.no_grad()
+    def run(x: torch.Tensor) -> Any:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+            y = graph(x)
+        if output == "argmax":
+            return upsample_argmax(y.float(), (h, w))
+        return y
+
+    return run
+
+
+def bench(
+    model: nn.Module,
+    size: Sequence[int] = (512, 512),
+    batch: int = 1,
+    *,
+    runtime: str = "torch",
+    optimize: str = "fold-bn",
+    output: str = "logits",
+    threads: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    warmup: int = 3,
+    runs: int = 20,
+    inputs: torch.Tensor | None = None,
+    **runner_kwargs: Any,
+) -> dict[str, Any]:
+    """Time one path; returns a result dict (latencies, images/s, peak memory, what was timed)."""
+    if threads:
+        torch.set_num_threads(threads)
+    run = make_runner(
+        model, size, batch, runtime=runtime, optimize=optimize, output=output, threads=threads,
+        device=device, precision=precision, **runner_kwargs,
+    )
+    x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
+    x = x.to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = time_fn(lambda: run(x), warmup, runs, sync)
+    mem = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else _peak_rss_mb()
+    return {
+        "model": getattr(model, "model_name", type(model).__name__),
+        "size": f"{int(size[0])}x{int(size[1])}",
+        "batch": batch,
+        "runtime": runtime,
+        "optimize": optimize,
+        "precision": precision,
+        "output": output,
+        **summarize(times, batch),
+        "peak_mem_mb": mem,
+        "peak_mem_kind": "cuda max allocated" if device == "cuda" else "process peak RSS",
+    }
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of bench results."""
+    cols = ["model", "size", "batch", "runtime", "optimize", "precision", "output", "median_ms", "min_ms", "max_ms", "images_per_s", "peak_mem_mb"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in results]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI verbs
+# --------------------------------------------------------------------------------------------------
+def add_bench_args(p) -> None:
+    p.add_argument("models", nargs="+", help="registered model names")
+    p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--weights", default=None, help="weights to load (default: random init; speed only)")
+    p.add_argument("--runtime", choices=RUNTIMES, nargs="+", default=["torch"])
+    p.add_argument("--optimize", choices=["none", "fold-bn", "compile"], nargs="+", default=["fold-bn"])
+    p.add_argument("--output", choices=OUTPUTS, nargs="+", default=["logits"], help="what the timed graph returns")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+
+def run_bench(args, rest: list[str]) -> int:
+    from lightseg.models.registry import create_model
+
+    if args.runs < 1:
+        raise ValueError("--runs must be at least 1")
+    results = []
+    for name in args.models:
+        model = create_model(name, num_classes=args.num_classes, weights=args.weights).eval()
+        for runtime in args.runtime:
+            for optimize in args.optimize:
+                for output in args.output:
+                    results.append(
+                        bench(
+                            model, args.size, args.batch, runtime=runtime, optimize=optimize, output=output,
+                            threads=args.threads, device=args.device, precision=args.precision,
+                            warmup=args.warmup, runs=args.runs,
+                        )
+                    )
+    env = environment(args.threads, args.device)
+    if args.format == "json":
+        print(json.dumps({"environment": env, "results": results}, indent=2))
+    else:
+        print(" · ".join(f"{k}: {v}" for k, v in env.items()))
+        print(format_table(results))
+    return 0
+
+
+def add_export_args(p) -> None:
+    p.add_argument("model", help="registered model name")
+    p.add_argument("--weights", required=True, help="checkpoint file")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the weights (default: from the file, else 150)")
+    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
+    p.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="static input size")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dynamic-batch", action="store_true")
+    p.add_argument("--output-argmax", action="store_true", help="graph returns uint8 labels at full resolution")
+    p.add_argument("--output-full", action="store_true", help="graph returns logits upsampled to the input size")
+    p.add_argument("--no-fold", action="store_true", help="keep BatchNorm and dynamic attention biases")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--check", action="store_true", help="run the ONNX file in ONNX Runtime and compare with eager")
+
+
+def run_export(args, rest: list[str]) -> int:
+    from lightseg.engine.export import export_onnx, export_pt2
+    from lightseg.engine.predict import load_model
+
+    if args.output_argmax and args.output_full:
+        raise ValueError("choose one of --output-argmax and --output-full")
+    model = load_model(args.model, args.weights, args.num_classes)
+    output = "argmax" if args.output_argmax else "logits-full" if args.output_full else "logits"
+    optimize = "none" if args.no_fold else "fold-bn"
+    kw = dict(batch=args.batch, dynamic_batch=args.dynamic_batch, output=output, optimize=optimize)
+    fn = export_onnx if args.format == "onnx" else export_pt2
+    path = fn(model, args.output, args.size, **kw)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, input {args.batch}x3x{args.size[0]}x{args.size[1]}, output {output})")
+    if args.check and args.format == "onnx":
+        report = check_onnx(model, path, args.size, batch=args.batch, output=output)
+        print(" · ".join(f"{k}: {v}" for k, v in report.items()))
+        return 0 if report["ok"] else 1
+    return 0
+
+
+@torch.no_grad()
+def check_onnx(
+    model: nn.Module, path: str | os.PathLike, size: Sequence[int], batch: int = 1, output: str = "logits",
+    inputs: torch.Tensor | None = None, atol: float = 1e-4, min_agree: float = 0.999,
+) -> dict[str, Any]:
+    """Compare an exported file with the eager model (unfolded, dynamic biases) on ``inputs``.
+
+    Returns max abs logit difference (for logit outputs), argmax agreement and ``ok`` under the
+    tolerances (max abs diff <= ``atol``; argmax equal on >= ``min_agree`` of pixels).
+    """
+    from lightseg.engine.export import InferenceGraph, OrtRunner
+
+    x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
+    got = torch.from_numpy(OrtRunner(path)(x))
+    ref = InferenceGraph(model.eval(), "logits" if output == "argmax" else output)(x)
+    ref_labels = (ref if output != "argmax" else InferenceGraph(model, "logits-full")(x)).argmax(1)
+    if output == "argmax":
+        agree = (got.long() == ref_labels).float().mean().item()
+        return {"argmax_agree": round(agree, 6), "ok": agree >= min_agree}
+    diff = (got - ref).abs().max().item()
+    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
+    return {"max_abs_diff": f"{diff:.2e}", "argmax_agree": round(agree, 6), "ok": diff <= atol and agree >= min_agree}

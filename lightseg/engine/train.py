@@ -1,0 +1,444 @@
+"""The training loop: ``lightseg train RECIPE.yaml [--section.field value ...]``.
+
+Iteration-based, as the papers' mmseg runs: every step draws ``train.batch_size`` crops (over all
+processes and accumulation steps), computes the cross-entropy on the final logits upsampled to the
+label size (plus an optional pixel contrastive term), and takes one AdamW step with the SPEC 1.6
+parameter groups and the warm-up + poly schedule. The same command runs on one CPU, one GPU or under
+``torchrun`` (DDP, SyncBN on CUDA). Checkpoints are atomic and hold everything needed to continue the
+very same run (``run.resume``).
+
+Read top to bottom: ``train`` sets up, ``_train_step`` is one optimizer step, ``_save`` writes a
+checkpoint, ``_maybe_evaluate`` runs the periodic evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset
+
+from lightseg.config import Config, save_config
+from lightseg.engine import optim as optim_lib
+from lightseg.engine.evaluate import build_eval_dataset, evaluate
+from lightseg.engine.runtime import (
+    DistInfo,
+    ModelEMA,
+    ResumableBatches,
+    all_reduce_mean,
+    atomic_save,
+    collate,
+    init_distributed,
+    load_train_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from lightseg.losses import seg_cross_entropy
+from lightseg.metrics import format_table
+
+CKPT_LAST = "last.pt"
+CKPT_BEST = "best.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the iteration and the last good checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """What the loop carries between steps (and what a checkpoint restores)."""
+
+    iteration: int = 0
+    best: dict[str, Any] = field(default_factory=dict)  # {"mIoU": ..., "iteration": ...}
+    last_checkpoint: Path | None = None
+    last_iteration_saved: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def build_train_dataset(cfg: Config) -> Dataset:
+    """The training split with the SPEC 1.6 pipeline (resize x ratio, cat-max-ratio crop, flip,
+    photometric distortion, normalise, pad)."""
+    from lightseg.data import build_dataset
+    from lightseg.data.transforms import build_train_transform
+
+    d = cfg.data
+    transform = build_train_transform(
+        crop_size=tuple(d.crop_size), scale=tuple(d.scale), ratio_range=tuple(d.ratio_range), cat_max_ratio=d.cat_max_ratio
+    )
+    return build_dataset(d.dataset, d.root, d.train_split, transform=transform, **d.options)
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    from lightseg.models.registry import create_model
+
+    return create_model(cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.kwargs)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``auto`` is bf16 (else fp16) on CUDA and off on CPU."""
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise ValueError(f"train.amp must be auto, off, bf16 or fp16, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def compute_loss(
+    outputs: dict[str, torch.Tensor], mask: torch.Tensor, cfg: Config, ignore_index: int
+) -> dict[str, torch.Tensor]:
+    """``{"loss": total, "ce": ..., ["contrastive": ...]}``: CE on the final logits upsampled to the
+    label size (SPEC 1.2.7), plus ``train.contrastive_weight`` x the pixel contrastive loss of the
+    model's ``embed_features`` when that weight is positive."""
+    ce = seg_cross_entropy(outputs["logits"], mask, ignore_index, cfg.train.avg_non_ignore)
+    parts = {"loss": ce, "ce": ce}
+    if cfg.train.contrastive_weight > 0:
+        if "embed_features" not in outputs:
+            raise ValueError(
+                f"train.contrastive_weight is {cfg.train.contrastive_weight} but {cfg.model.name} gives no "
+                "embed_features in forward_train; set --train.contrastive_weight 0"
+            )
+        from lightseg import losses
+
+        con = losses.pixel_contrastive_loss(outputs["embed_features"], mask, ignore_index=ignore_index)
+        parts["contrastive"] = con
+        parts["loss"] = ce + cfg.train.contrastive_weight * con
+    return parts
+
+
+class _TrainForward(nn.Module):
+    """Routes DDP's ``forward`` to the segmentor's ``forward_train`` (DDP only hooks ``forward``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.forward_train(x)
+
+
+def _model_spec(model: nn.Module) -> dict:
+    return {
+        "name": getattr(model, "model_name", ""),
+        "num_classes": int(getattr(model, "num_classes", 0)),
+        "kwargs": dict(getattr(model, "model_kwargs", {})),
+    }
+
+
+class RunLog:
+    """Rank 0's outputs: ``log.jsonl`` (one JSON object per record), TensorBoard events if
+    available, and messages above the progress bar. Other ranks write nothing."""
+
+    def __init__(self, work_dir: Path, info: DistInfo, tensorboard: bool):
+        self.main = info.is_main
+        self.tb = None
+        if not self.main:
+            return
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(work_dir / "log.jsonl", "a")  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(work_dir / "tb"))
+            except ImportError:
+                self.info("tensorboard is not installed; logging to log.jsonl only")
+
+    def info(self, msg: str) -> None:
+        if self.main:
+            from tqdm import tqdm
+
+            tqdm.write(msg)
+
+    def record(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        self.jsonl.write(json.dumps({"kind": kind, "iter": iteration, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{k}", v, iteration)
+
+    def close(self) -> None:
+        if self.main:
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    cfg: Config,
+    *,
+    model: nn.Module | None = None,
+    train_set: Dataset | None = None,
+    val_set: Dataset | None = None,
+) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns ``{"iteration", "best", "metrics", "work_dir"}``.
+
+    ``model`` / ``train_set`` / ``val_set`` replace what the config would build (tests, notebooks).
+    ``val_set`` of ``None`` builds the configured validation split when evaluation is due.
+    """
+    info, device = init_distributed(cfg.run.device)
+    work_dir = Path(cfg.run.work_dir)
+    log = RunLog(work_dir, info, cfg.run.tensorboard)
+    seed_everything(cfg.run.seed + info.rank)
+
+    train_set = train_set if train_set is not None else build_train_dataset(cfg)
+    num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
+    ignore_index = int(getattr(train_set, "ignore_index", 255))
+    model = model if model is not None else build_model(cfg, num_classes)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = _prepare_model(model, info, device, log)
+
+    micro_batch = _micro_batch(cfg, info)
+    optimizer = optim_lib.build_optimizer(
+        model, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay,
+        head_lr_mult=cfg.optim.head_lr_mult, head_substring_rule=cfg.optim.head_substring_rule,
+    )  # fmt: skip
+    s = cfg.schedule
+    scheduler = optim_lib.build_scheduler(optimizer, cfg.train.iters, s.warmup_iters, s.warmup_ratio, s.power, s.min_lr)
+    amp_dtype = resolve_amp(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+
+    state = TrainState()
+    resume_from = _resume_path(cfg, work_dir)
+    saved_rng = None
+    if resume_from is not None:
+        ckpt = load_train_checkpoint(resume_from)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        state = TrainState(ckpt["iteration"], dict(ckpt.get("best", {})), Path(resume_from), ckpt["iteration"])
+        ranks = ckpt["rng"]
+        saved_rng = ranks[info.rank] if len(ranks) == info.world_size else None
+        log.info(f"resumed from {resume_from} at iteration {state.iteration}")
+    if info.is_main:
+        save_config(cfg, work_dir / "config.yaml")
+        log.info(f"run directory: {work_dir}\nparameter groups:\n{optim_lib.describe_groups(optimizer)}")
+
+    step_model: nn.Module = _TrainForward(model)
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = DDP(step_model, device_ids=ids, find_unused_parameters=cfg.train.find_unused_parameters)
+    batches = ResumableBatches(len(train_set), micro_batch, cfg.train.accum_steps, cfg.run.seed, info, state.iteration)
+    loader = DataLoader(
+        train_set, batch_sampler=batches, num_workers=cfg.data.num_workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
+    )  # fmt: skip
+    batch_iter = iter(loader)  # created before restoring the RNG: its base seed draw must not shift it
+    if saved_rng is not None:
+        set_rng_state(saved_rng)
+
+    ctx = _Context(cfg, info, device, work_dir, log, model, optimizer, scheduler, scaler, ema, amp_dtype, ignore_index)
+    bar = _progress(cfg, state, info)
+    t0, seen = time.perf_counter(), 0
+    model.train()
+    while state.iteration < cfg.train.iters:
+        loss = _train_step(ctx, step_model, batch_iter, state)
+        state.iteration += 1
+        seen += cfg.train.batch_size
+        lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"]
+        img_s = seen / (time.perf_counter() - t0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
+        if state.iteration % cfg.train.log_interval == 0 or state.iteration == cfg.train.iters:
+            log.record("train", state.iteration, {"loss": loss, "lr": lr, "img_per_s": img_s})
+        if state.iteration % cfg.train.ckpt_interval == 0 or state.iteration == cfg.train.iters:
+            _save(ctx, state, CKPT_LAST)
+        if cfg.eval.interval and state.iteration % cfg.eval.interval == 0 and state.iteration < cfg.train.iters:
+            val_set = _maybe_evaluate(ctx, state, val_set)
+    bar.close()
+    result = {"iteration": state.iteration, "best": state.best, "work_dir": str(work_dir), "metrics": None}
+    val_set = _maybe_evaluate(ctx, state, val_set, final=True)
+    result["metrics"] = state.best.get("last_metrics")
+    result["best"] = {k: v for k, v in state.best.items() if k != "last_metrics"}
+    log.close()
+    return result
+
+
+@dataclass
+class _Context:
+    """The objects one step and one checkpoint need (so that helper signatures stay short)."""
+
+    cfg: Config
+    info: DistInfo
+    device: torch.device
+    work_dir: Path
+    log: RunLog
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    amp_dtype: torch.dtype | None
+    ignore_index: int
+
+
+def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainState) -> float:
+    """One optimizer step over ``accum_steps`` micro-batches; returns the step's mean loss over
+    all processes. Stops the run on a non-finite loss before the weights are touched."""
+    cfg, accum = ctx.cfg, ctx.cfg.train.accum_steps
+    total = torch.zeros((), device=ctx.device)
+    try:
+        for micro in range(accum):
+            batch = next(batch_iter)
+            image = batch["image"].to(ctx.device, non_blocking=True)
+            mask = batch["mask"].to(ctx.device, non_blocking=True)
+            if cfg.train.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            # DDP: all-reduce gradients only on the last micro-batch.
+            sync = contextlib.nullcontext() if micro == accum - 1 or not ctx.info.enabled else step_model.no_sync()
+            with sync:
+                with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
+                    loss = compute_loss(step_model(image), mask, cfg, ctx.ignore_index)["loss"] / accum
+                ctx.scaler.scale(loss).backward()
+            total += loss.detach()
+    except torch.cuda.OutOfMemoryError as e:
+        raise RuntimeError(
+            f"CUDA out of memory at iteration {state.iteration + 1} ({e}). Try a smaller per-GPU batch "
+            f"(--train.accum_steps {accum * 2} keeps the total batch), a smaller --data.crop_size, "
+            "--train.amp bf16 (or fp16), or more GPUs."
+        ) from e
+    loss_value = float(all_reduce_mean(total, ctx.info))
+    if not math.isfinite(loss_value):
+        last = state.last_checkpoint
+        where = f"{last} (iteration {state.last_iteration_saved})" if last else "none written yet"
+        raise TrainingDiverged(
+            f"loss is {loss_value} at iteration {state.iteration + 1}; stopped before updating the weights. "
+            f"Last good checkpoint: {where}. Try a lower --optim.lr, --train.amp off or --optim.grad_clip."
+        )
+    if cfg.optim.grad_clip:
+        ctx.scaler.unscale_(ctx.optimizer)
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scheduler.step()
+    if ctx.ema is not None:
+        ctx.ema.update(ctx.model)
+    return loss_value
+
+
+def _save(ctx: _Context, state: TrainState, name: str) -> None:
+    """Atomic checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+    rngs = [rng_state()]
+    if ctx.info.enabled:
+        import torch.distributed as dist
+
+        rngs = [None] * ctx.info.world_size
+        dist.all_gather_object(rngs, rng_state())
+    if not ctx.info.is_main:
+        return
+    ckpt = {
+        "format": "lightseg-train",
+        "model": ctx.model.state_dict(),
+        "model_spec": _model_spec(ctx.model),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "scaler": ctx.scaler.state_dict(),
+        "ema": ctx.ema.state_dict() if ctx.ema is not None else None,
+        "iteration": state.iteration,
+        "best": {k: v for k, v in state.best.items() if k != "last_metrics"},
+        "rng": rngs,
+        "config": ctx.cfg.to_dict(),
+    }
+    path = atomic_save(ckpt, ctx.work_dir / name)
+    if name == CKPT_LAST:
+        state.last_checkpoint = path
+        state.last_iteration_saved = state.iteration
+
+
+def _maybe_evaluate(ctx: _Context, state: TrainState, val_set: Dataset | None, final: bool = False) -> Dataset | None:
+    """Evaluate on the validation split (the EMA weights if enabled), log, keep ``best.pt``."""
+    cfg = ctx.cfg
+    if val_set is None:
+        if not cfg.data.val_split:
+            return None
+        val_set = build_eval_dataset(cfg, cfg.data.val_split)
+    net = ctx.ema.module if ctx.ema is not None else ctx.model
+    metrics = evaluate(net, val_set, cfg.eval, ctx.device, amp_dtype=ctx.amp_dtype, progress=ctx.info.is_main)
+    ctx.model.train()
+    ctx.log.record("val", state.iteration, {k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")})
+    state.best["last_metrics"] = metrics
+    if metrics["mIoU"] > state.best.get("mIoU", -1.0):
+        state.best.update({"mIoU": metrics["mIoU"], "iteration": state.iteration})
+        _save(ctx, state, CKPT_BEST)
+    ctx.log.info(
+        f"iteration {state.iteration}: mIoU {metrics['mIoU']:.2f} (best {state.best['mIoU']:.2f} "
+        f"at {state.best['iteration']})"
+    )
+    if final:
+        ctx.log.info(format_table(metrics))
+        if ctx.info.is_main:
+            (ctx.work_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=1))
+    return val_set
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup helpers
+
+
+def _prepare_model(model: nn.Module, info: DistInfo, device: torch.device, log: RunLog) -> nn.Module:
+    """SyncBN across processes on CUDA; plain per-process BN where SyncBN cannot run (CPU/gloo)."""
+    if info.enabled:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            log.info(f"{info.world_size} processes: DDP with SyncBatchNorm")
+        else:
+            log.info(
+                f"{info.world_size} processes on CPU (gloo): SyncBatchNorm needs CUDA, so BatchNorm "
+                "statistics are per process (plain BN fallback)"
+            )
+    return model.to(device)
+
+
+def _micro_batch(cfg: Config, info: DistInfo) -> int:
+    per_step = info.world_size * cfg.train.accum_steps
+    if cfg.train.batch_size % per_step:
+        raise ValueError(
+            f"train.batch_size {cfg.train.batch_size} must be a multiple of processes x accum_steps = "
+            f"{info.world_size} x {cfg.train.accum_steps} = {per_step}"
+        )
+    return cfg.train.batch_size // per_step
+
+
+def _resume_path(cfg: Config, work_dir: Path) -> Path | None:
+    r = cfg.run.resume
+    if r == "none":
+        return None
+    if r == "auto":
+        last = work_dir / CKPT_LAST
+        return last if last.is_file() else None
+    return Path(r)
+
+
+def _progress(cfg: Config, state: TrainState, info: DistInfo):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=cfg.train.iters, initial=state.iteration, disable=not info.is_main, desc="train",
+        unit="it", dynamic_ncols=True, mininterval=1.0,
+    )  # fmt: skip

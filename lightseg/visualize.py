@@ -1,0 +1,69 @@
+"""Pictures of label maps: palette PNGs and colour overlays on the input image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+IGNORE_INDEX = 255
+
+
+def default_palette(num_classes: int, seed: int = 0) -> list[list[int]]:
+    """A fixed pseudo-random palette for models without a dataset palette (same colours every run)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(num_classes, 3)).tolist()
+
+
+def _palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if len(pal) > 255:
+        raise ValueError(f"a palette PNG holds at most 255 classes (255 is 'ignore'); got {len(pal)}")
+    return pal
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """H x W integer labels -> a mode "P" PIL image whose palette is ``palette``.
+
+    The pixel values stay the class indices (the file reads back as the label map); index 255
+    ("ignore") is black. Fails naming the first label that has no palette colour.
+    """
+    pal = _palette_array(palette)
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"expected an H x W label map, got shape {labels.shape}")
+    valid = labels[labels != IGNORE_INDEX]
+    if valid.size and (valid.min() < 0 or valid.max() >= len(pal)):
+        raise ValueError(f"label {int(valid.max())} has no colour in a palette of {len(pal)} classes")
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    flat[: len(pal)] = pal
+    img.putpalette(flat.reshape(-1).tolist())
+    return img
+
+
+def label_to_rgb(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """H x W labels -> H x W x 3 uint8 colours (ignore -> black)."""
+    flat = np.zeros((256, 3), dtype=np.uint8)
+    pal = _palette_array(palette)
+    flat[: len(pal)] = pal
+    return flat[np.asarray(labels).astype(np.uint8)]
+
+
+def overlay(
+    image: Image.Image | np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> Image.Image:
+    """Blend the colour label map over ``image`` (H x W RGB): ``(1 - alpha) * image + alpha * colour``.
+
+    Ignored pixels (255) keep the image. The result has the image's size.
+    """
+    rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    labels = np.asarray(labels)
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but labels are {labels.shape[1]}x{labels.shape[0]}")
+    colour = label_to_rgb(labels, palette).astype(np.float32)
+    out = (1.0 - alpha) * rgb + alpha * colour
+    keep = labels == IGNORE_INDEX
+    out[keep] = rgb[keep]
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
