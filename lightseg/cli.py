@@ -17,9 +17,7 @@ Run = Callable[[argparse.Namespace, list[str]], int]
 def _add_models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name filter (default: all)")
     p.add_argument("--kind", choices=["segmentor", "backbone"], default=None)
-    p.add_argument(
-        "--table", action="store_true", help="a table: params, GMACs (paper/all conventions), published figures"
-    )
+    p.add_argument("--table", action="store_true", help="params, GMACs (paper/all) and published figures")
     p.add_argument(
         "--format", choices=["text", "markdown"], default=None, help="table format (markdown implies --table)"
     )
@@ -151,7 +149,7 @@ def _run_bench(args: argparse.Namespace, rest: list[str]) -> int:
 # verb -> (help, add_arguments, run, accepts_unknown_args)
 _VERBS: dict[str, tuple[str, AddArgs, Run, bool]] = {
     "models": ("list registered models", _add_models_args, _run_models, False),
-    "flops": ("parameters and GMACs (paper and all-ops conventions) of a model", _add_flops_args, _run_flops, False),
+    "flops": ("params and GMACs (paper/all conventions) of a model", _add_flops_args, _run_flops, False),
     "train": ("train a model from a recipe (runs under torchrun too)", _add_train_args, _run_train, True),
     "eval": ("evaluate weights on a dataset split (mIoU, mAcc, aAcc)", _add_eval_args, _run_eval, True),
     "data": ("dataset tools: `data check` reports missing/corrupt/mislabelled files", _add_data_args, _run_data, True),

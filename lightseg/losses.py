@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,9 +49,7 @@ class CrossEntropyLoss(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss_weight * seg_cross_entropy(
-            logits, target, self.ignore_index, self.avg_non_ignore
-        )
+        return self.loss_weight * seg_cross_entropy(logits, target, self.ignore_index, self.avg_non_ignore)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,6 +74,58 @@ def supervised_infonce(z: torch.Tensor, labels: torch.Tensor, temperature: float
     if not bool(valid.any()):
         return z.sum() * 0.0
     return per_anchor[valid].mean()
+
+
+def sample_anchors(
+    labels: torch.Tensor,
+    max_samples_per_class: int,
+    ignore_index: int = 255,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Flat indices of the anchors among ``labels`` (a flat label vector): per class present, in
+    ascending class order, all its pixels or ``max_samples_per_class`` of them drawn without
+    replacement (``torch.randperm`` on the CPU ``generator``, the global RNG if ``None``); ignore
+    pixels are never drawn."""
+    picked = []
+    for c in torch.unique(labels).tolist():
+        if c == ignore_index:
+            continue
+        idx = (labels == c).nonzero().squeeze(1)
+        if idx.numel() > max_samples_per_class:
+            order = torch.randperm(idx.numel(), generator=generator)[:max_samples_per_class]
+            idx = idx[order.to(idx.device)]
+        picked.append(idx)
+    if not picked:
+        return labels.new_zeros(0, dtype=torch.long)
+    return torch.cat(picked)
+
+
+def pixel_contrastive_loss(
+    features: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    temperature: float = 0.1,
+    max_samples_per_class: int = 128,
+    ignore_index: int = 255,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Supervised pixel contrastive loss of N×C×h×w ``features`` against N×H×W ``target``.
+
+    Labels are downsampled to h×w by nearest neighbour; anchors are drawn per class with
+    :func:`sample_anchors`; the anchors' features go through ``project`` (a per-pixel module on
+    M×C×1×1, e.g. :class:`PixelContrastiveLoss`'s projection head; identity if ``None``), are
+    L2-normalised and scored with :func:`supervised_infonce`. Pixels never drawn (ignore pixels
+    included) get exactly zero gradient.
+    """
+    n, c, h, w = features.shape
+    labels = F.interpolate(target[:, None].float(), size=(h, w), mode="nearest").long().flatten()
+    idx = sample_anchors(labels, max_samples_per_class, ignore_index, generator)
+    z = features.permute(0, 2, 3, 1).reshape(n * h * w, c)[idx]
+    if project is not None:
+        # The projection is 1x1, i.e. per pixel: project only the anchors.
+        z = project(z[:, :, None, None]).flatten(1)
+    return supervised_infonce(F.normalize(z, dim=1), labels[idx], temperature)
 
 
 class PixelContrastiveLoss(nn.Module):
@@ -119,30 +171,16 @@ class PixelContrastiveLoss(nn.Module):
     def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["rng_state"])
 
-    def sample_anchors(self, labels: torch.Tensor) -> torch.Tensor:
-        """Flat indices of the anchors among ``labels`` (a flat label vector), class by class in
-        ascending class order; ignore pixels are never drawn."""
-        picked = []
-        for c in torch.unique(labels).tolist():
-            if c == self.ignore_index:
-                continue
-            idx = (labels == c).nonzero().squeeze(1)
-            if idx.numel() > self.max_samples_per_class:
-                order = torch.randperm(idx.numel(), generator=self.generator)[: self.max_samples_per_class]
-                idx = idx[order.to(idx.device)]
-            picked.append(idx)
-        if not picked:
-            return labels.new_zeros(0, dtype=torch.long)
-        return torch.cat(picked)
-
     def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = features.shape
-        labels = F.interpolate(target[:, None].float(), size=(h, w), mode="nearest").long().flatten()
-        idx = self.sample_anchors(labels)
-        flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        # The projection is 1x1, i.e. per pixel: project only the anchors.
-        z = self.proj(flat[idx][:, :, None, None]).flatten(1)
-        return supervised_infonce(F.normalize(z, dim=1), labels[idx], self.temperature)
+        return pixel_contrastive_loss(
+            features,
+            target,
+            project=self.proj,
+            temperature=self.temperature,
+            max_samples_per_class=self.max_samples_per_class,
+            ignore_index=self.ignore_index,
+            generator=self.generator,
+        )
 
 
 class SegLoss(nn.Module):

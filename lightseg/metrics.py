@@ -60,7 +60,9 @@ class SegMetrics:
     def all_reduce(self) -> None:
         """Sum the matrices of every process (a no-op outside ``torch.distributed``)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            device = (
+                torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            )
             m = self.matrix.to(device)
             dist.all_reduce(m, op=dist.ReduceOp.SUM)
             self.matrix = m.cpu()

@@ -61,7 +61,9 @@ def overlay(
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     labels = np.asarray(labels)
     if rgb.shape[:2] != labels.shape:
-        raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but labels are {labels.shape[1]}x{labels.shape[0]}")
+        raise ValueError(
+            f"image is {rgb.shape[1]}x{rgb.shape[0]} but labels are {labels.shape[1]}x{labels.shape[0]}"
+        )
     colour = label_to_rgb(labels, palette).astype(np.float32)
     out = (1.0 - alpha) * rgb + alpha * colour
     keep = labels == IGNORE_INDEX

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from lightseg.losses import CrossEntropyLoss, PixelContrastiveLoss, SegLoss, supervised_infonce
+from lightseg.losses import (
+    CrossEntropyLoss,
+    PixelContrastiveLoss,
+    SegLoss,
+    pixel_contrastive_loss,
+    supervised_infonce,
+)
 
 # Four unit embeddings: two of class 0 (identical), two of class 1 (at 36.87° from each other).
 Z = [(1.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.6, 0.8)]
@@ -47,7 +53,9 @@ def identity_projection(loss: PixelContrastiveLoss) -> PixelContrastiveLoss:
 
 
 def test_module_downsamples_labels_by_nearest_and_matches_the_hand_value():
-    loss = identity_projection(PixelContrastiveLoss(2, embed_dim=2, temperature=TAU, max_samples_per_class=10))
+    loss = identity_projection(
+        PixelContrastiveLoss(2, embed_dim=2, temperature=TAU, max_samples_per_class=10)
+    )
     # Embeddings on a 2×2 grid (non-negative, so the ReLU of the projection keeps them).
     feats = torch.tensor(Z).t().reshape(1, 2, 2, 2) * 3.0  # scaled: the loss L2-normalises
     # Labels at 4×4; nearest downsampling keeps the top-left pixel of each 2×2 cell. The other
@@ -56,6 +64,9 @@ def test_module_downsamples_labels_by_nearest_and_matches_the_hand_value():
     target[0, 0::2, 0::2] = torch.tensor(LABELS).reshape(2, 2)
     target[0, 1, 1] = 7
     assert loss(feats, target).item() == pytest.approx(hand_computed(), rel=1e-5)
+    # The functional form without a projection head (what a parameter-free caller uses).
+    value = pixel_contrastive_loss(feats, target, temperature=TAU)
+    assert value.item() == pytest.approx(hand_computed(), rel=1e-5)
 
 
 def test_ignore_pixels_get_zero_gradient():

@@ -72,9 +72,13 @@ def test_features_shapes_strides_and_param_count():
     with torch.no_grad():
         feats = net(torch.randn(1, 3, 96, 160))
         odd = net(torch.randn(1, 3, 100, 75))
-    assert [tuple(f.shape) for f in feats] == [(1, c, 96 // s, 160 // s) for c, s in [(24, 4), (40, 8), (112, 16), (320, 32)]]
+    assert [tuple(f.shape) for f in feats] == [
+        (1, c, 96 // s, 160 // s) for c, s in [(24, 4), (40, 8), (112, 16), (320, 32)]
+    ]
     # TF "SAME" gives ceil sizes on any input.
-    assert [tuple(f.shape[-2:]) for f in odd] == [(math.ceil(100 / s), math.ceil(75 / s)) for s in (4, 8, 16, 32)]
+    assert [tuple(f.shape[-2:]) for f in odd] == [
+        (math.ceil(100 / s), math.ceil(75 / s)) for s in (4, 8, 16, 32)
+    ]
     assert sum(s.repeats for s in LITE0_STAGES) == len(net.blocks) == 16
     # Published EfficientNet-Lite0: 4,652,008 parameters, minus the classifier (1280*1000 + 1000),
     # the head conv (320*1280) and its BN (2*1280) that the backbone leaves out.
@@ -144,7 +148,11 @@ def test_lukemelas_extra_key_is_named(tmp_path):
 
 
 def test_lukemelas_missing_block_is_named(tmp_path):
-    state = {k: v for k, v in _as_lukemelas(create_model("efficientnet_lite0")).items() if not k.startswith("_blocks.15.")}
+    state = {
+        k: v
+        for k, v in _as_lukemelas(create_model("efficientnet_lite0")).items()
+        if not k.startswith("_blocks.15.")
+    }
     path = tmp_path / "short.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"missing keys.*blocks\.15\."):
@@ -178,7 +186,16 @@ def _reference_lite0(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.T
     BN eps 1e-3, ReLU6. x: 1 x 3 x 224 x 224 (0..255 RGB) -> stride-32 map 1 x 320 x 7 x 7."""
 
     def bn(y, p):
-        return F.batch_norm(y, state[p + ".running_mean"], state[p + ".running_var"], state[p + ".weight"], state[p + ".bias"], False, 0.0, 1e-3)
+        return F.batch_norm(
+            y,
+            state[p + ".running_mean"],
+            state[p + ".running_var"],
+            state[p + ".weight"],
+            state[p + ".bias"],
+            False,
+            0.0,
+            1e-3,
+        )
 
     def conv(y, w, stride, groups=1):
         k, n = w.shape[-1], y.shape[-1]
@@ -228,7 +245,16 @@ def test_real_weights_recognise_a_street_scene(pretrained_backbone, real_state, 
         f = pretrained_backbone(_imagenet_normalise(_camvid_crop(shared_data)))[-1]
         h = F.conv2d(f, real_state["_conv_head.weight"])
         s = real_state
-        h = F.batch_norm(h, s["_bn1.running_mean"], s["_bn1.running_var"], s["_bn1.weight"], s["_bn1.bias"], False, 0.0, 1e-3)
+        h = F.batch_norm(
+            h,
+            s["_bn1.running_mean"],
+            s["_bn1.running_var"],
+            s["_bn1.weight"],
+            s["_bn1.bias"],
+            False,
+            0.0,
+            1e-3,
+        )
         logits = h.clamp(0, 6).mean((2, 3)) @ s["_fc.weight"].T + s["_fc.bias"]
     prob = logits.softmax(-1)[0]
     # ImageNet-1k indices: 829 streetcar, 874 trolleybus, 705 passenger car, 920 traffic light,

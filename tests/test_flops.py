@@ -165,8 +165,8 @@ def test_cgrseg_meta_count_equals_real_run():
 
     torch.manual_seed(0)
     real = create_model("cgrseg_t", num_classes=150)
-    prof = profile_model("cgrseg_t", (256, 320), num_classes=150)  # built on meta
-    counts = count_all_conventions(real, (256, 320))
+    prof = profile_model("cgrseg_t", (128, 192), num_classes=150)  # built on meta
+    counts = count_all_conventions(real, (128, 192))
     assert counts["paper"] / 1e9 == prof["gmacs_paper"]
     assert counts["all"] / 1e9 == prof["gmacs_all"]
 
@@ -191,11 +191,13 @@ def test_cli_flops_table_states_unit_and_unknown_model_fails(capsys):
 
 
 def test_cli_models_markdown_table(capsys):
-    assert main(["models", "cgrseg_*", "--format", "markdown"]) == 0
+    assert main(["models", "cgrseg_[t]", "--format", "markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| model |")
-    rows = [ln for ln in lines if ln.startswith("| cgrseg_")]
-    assert [r.split("|")[1].strip() for r in rows] == ["cgrseg_b", "cgrseg_l", "cgrseg_t"]
+    assert lines[0].startswith("| model | kind | params (M) |")
+    assert set(lines[1]) == {"|", "-"}
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[:3] == ["cgrseg_t", "segmentor", "9.36"]
+    assert cells[5] == "43.6"  # published ADE20K mIoU from the registry entry
 
 
 def test_render_table_text_aligns_columns():
@@ -211,6 +213,7 @@ def test_render_table_text_aligns_columns():
     }
     text = render_table([row, {**row, "name": "longer_name"}])
     header, rule, first, second, note = text.splitlines()
+    assert header.split()[:3] == ["model", "kind", "params"] and set(rule) == {"-", " "}
     assert len(first) == len(second)
     assert "1.50" in first and "1.25" in first and "40.0" in first and "cityscapes_miou=70.0" in first
     assert "512x512" in note

@@ -103,10 +103,21 @@ def test_no_fold_into_module_called_twice():
     torch.testing.assert_close(f(x), m(x))
 
 
-@pytest.mark.parametrize("name", list_models(kind="segmentor"))
+# The large variants repeat the same blocks at more width/depth: slow-marked to keep CI short.
+_LARGE = {"cgrseg_b", "cgrseg_l", "frm_van_b1", "frm_van_b2"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in _LARGE else n for n in list_models(kind="segmentor")],
+)
 def test_folded_equals_eager_for_every_segmentor(name):
     torch.manual_seed(0)
-    model = _randomise_bn(create_model(name, num_classes=7))
+    # FRM's adaptive polyphase pooling picks the component with the largest norm; at random init
+    # the four norms tie to ~1e-7, so any rounding (folding included) flips the pick. Average pooling
+    # keeps the comparison about folding.
+    kwargs = {"pooling": "avg"} if name.startswith("frm_") else {}
+    model = _randomise_bn(create_model(name, num_classes=7, **kwargs))
     d = int(model.size_divisor)
     x = torch.randn(1, 3, 2 * d, 3 * d)
     with torch.no_grad():

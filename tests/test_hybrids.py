@@ -34,7 +34,9 @@ def test_shapes_and_strides_at_512(name):
     with torch.no_grad():
         feats = model.backbone(torch.randn(1, 3, 512, 512))
         logits = model.head(feats)
-    assert [tuple(f.shape[1:]) for f in feats] == [(c, 512 // s, 512 // s) for c, s in zip(widths, (4, 8, 16, 32))]
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (c, 512 // s, 512 // s) for c, s in zip(widths, (4, 8, 16, 32))
+    ]
     assert tuple(logits.shape) == (1, 11, 512 // stride, 512 // stride)
     assert torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="multiple of 32"):
@@ -57,7 +59,9 @@ def test_every_parameter_gets_a_gradient(name):
     model = create_model(name, num_classes=3).train()
     _wake_zero_initialised(model)
     out = model.forward_train(torch.randn(2, 3, 64, 64))
-    (out["logits"].square().mean() + sum(v.float().mean() for k, v in out.items() if k != "logits")).backward()
+    (
+        out["logits"].square().mean() + sum(v.float().mean() for k, v in out.items() if k != "logits")
+    ).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, f"parameters without gradient: {dead}"
 

@@ -55,7 +55,9 @@ def environment(threads: int | None = None, device: str = "cpu") -> dict[str, An
     return env
 
 
-def time_fn(fn: Callable[[], Any], warmup: int = 3, runs: int = 20, sync: Callable[[], None] | None = None) -> list[float]:
+def time_fn(
+    fn: Callable[[], Any], warmup: int = 3, runs: int = 20, sync: Callable[[], None] | None = None
+) -> list[float]:
     """Seconds per call of ``fn`` over ``runs`` timed calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
@@ -117,8 +119,18 @@ def make_runner(
     h, w = int(size[0]), int(size[1])
     if runtime == "onnxruntime":
         graph_out = {"argmax": "logits", "argmax-graph": "argmax"}.get(output, output)
-        path = Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-")) / f"model_{optimize}_{graph_out}.onnx"
-        export_onnx(model, path, (h, w), batch=batch, output=graph_out, optimize="none" if optimize == "none" else "fold-bn")
+        path = (
+            Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-"))
+            / f"model_{optimize}_{graph_out}.onnx"
+        )
+        export_onnx(
+            model,
+            path,
+            (h, w),
+            batch=batch,
+            output=graph_out,
+            optimize="none" if optimize == "none" else "fold-bn",
+        )
         if precision == "int8":
             if not calibration:
                 raise ValueError("precision int8 needs calibration images")
@@ -167,8 +179,16 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     run = make_runner(
-        model, size, batch, runtime=runtime, optimize=optimize, output=output, threads=threads,
-        device=device, precision=precision, **runner_kwargs,
+        model,
+        size,
+        batch,
+        runtime=runtime,
+        optimize=optimize,
+        output=output,
+        threads=threads,
+        device=device,
+        precision=precision,
+        **runner_kwargs,
     )
     x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
     x = x.to(device)
@@ -193,7 +213,20 @@ def bench(
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of bench results."""
-    cols = ["model", "size", "batch", "runtime", "optimize", "precision", "output", "median_ms", "min_ms", "max_ms", "images_per_s", "peak_mem_mb"]
+    cols = [
+        "model",
+        "size",
+        "batch",
+        "runtime",
+        "optimize",
+        "precision",
+        "output",
+        "median_ms",
+        "min_ms",
+        "max_ms",
+        "images_per_s",
+        "peak_mem_mb",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in results]
     return "\n".join(lines)
@@ -211,7 +244,9 @@ def add_bench_args(p) -> None:
     p.add_argument("--weights", default=None, help="weights to load (default: random init; speed only)")
     p.add_argument("--runtime", choices=RUNTIMES, nargs="+", default=["torch"])
     p.add_argument("--optimize", choices=["none", "fold-bn", "compile"], nargs="+", default=["fold-bn"])
-    p.add_argument("--output", choices=OUTPUTS, nargs="+", default=["logits"], help="what the timed graph returns")
+    p.add_argument(
+        "--output", choices=OUTPUTS, nargs="+", default=["logits"], help="what the timed graph returns"
+    )
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--runs", type=int, default=20)
@@ -232,9 +267,17 @@ def run_bench(args, rest: list[str]) -> int:
                 for output in args.output:
                     results.append(
                         bench(
-                            model, args.size, args.batch, runtime=runtime, optimize=optimize, output=output,
-                            threads=args.threads, device=args.device, precision=args.precision,
-                            warmup=args.warmup, runs=args.runs,
+                            model,
+                            args.size,
+                            args.batch,
+                            runtime=runtime,
+                            optimize=optimize,
+                            output=output,
+                            threads=args.threads,
+                            device=args.device,
+                            precision=args.precision,
+                            warmup=args.warmup,
+                            runs=args.runs,
                         )
                     )
     env = environment(args.threads, args.device)
@@ -249,16 +292,27 @@ def run_bench(args, rest: list[str]) -> int:
 def add_export_args(p) -> None:
     p.add_argument("model", help="registered model name")
     p.add_argument("--weights", required=True, help="checkpoint file")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the weights (default: from the file, else 150)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the weights (default: from the file, else 150)",
+    )
     p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
     p.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="static input size")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dynamic-batch", action="store_true")
-    p.add_argument("--output-argmax", action="store_true", help="graph returns uint8 labels at full resolution")
-    p.add_argument("--output-full", action="store_true", help="graph returns logits upsampled to the input size")
+    p.add_argument(
+        "--output-argmax", action="store_true", help="graph returns uint8 labels at full resolution"
+    )
+    p.add_argument(
+        "--output-full", action="store_true", help="graph returns logits upsampled to the input size"
+    )
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm and dynamic attention biases")
     p.add_argument("-o", "--output", required=True, help="file to write")
-    p.add_argument("--check", action="store_true", help="run the ONNX file in ONNX Runtime and compare with eager")
+    p.add_argument(
+        "--check", action="store_true", help="run the ONNX file in ONNX Runtime and compare with eager"
+    )
 
 
 def run_export(args, rest: list[str]) -> int:
@@ -273,7 +327,9 @@ def run_export(args, rest: list[str]) -> int:
     kw = dict(batch=args.batch, dynamic_batch=args.dynamic_batch, output=output, optimize=optimize)
     fn = export_onnx if args.format == "onnx" else export_pt2
     path = fn(model, args.output, args.size, **kw)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, input {args.batch}x3x{args.size[0]}x{args.size[1]}, output {output})")
+    print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, input {args.batch}x3x{args.size[0]}x{args.size[1]}, output {output})"
+    )
     if args.check and args.format == "onnx":
         report = check_onnx(model, path, args.size, batch=args.batch, output=output)
         print(" · ".join(f"{k}: {v}" for k, v in report.items()))
@@ -283,8 +339,14 @@ def run_export(args, rest: list[str]) -> int:
 
 @torch.no_grad()
 def check_onnx(
-    model: nn.Module, path: str | os.PathLike, size: Sequence[int], batch: int = 1, output: str = "logits",
-    inputs: torch.Tensor | None = None, atol: float = 1e-4, min_agree: float = 0.999,
+    model: nn.Module,
+    path: str | os.PathLike,
+    size: Sequence[int],
+    batch: int = 1,
+    output: str = "logits",
+    inputs: torch.Tensor | None = None,
+    atol: float = 1e-4,
+    min_agree: float = 0.999,
 ) -> dict[str, Any]:
     """Compare an exported file with the eager model (unfolded, dynamic biases) on ``inputs``.
 
@@ -302,4 +364,8 @@ def check_onnx(
         return {"argmax_agree": round(agree, 6), "ok": agree >= min_agree}
     diff = (got - ref).abs().max().item()
     agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
-    return {"max_abs_diff": f"{diff:.2e}", "argmax_agree": round(agree, 6), "ok": diff <= atol and agree >= min_agree}
+    return {
+        "max_abs_diff": f"{diff:.2e}",
+        "argmax_agree": round(agree, 6),
+        "ok": diff <= atol and agree >= min_agree,
+    }

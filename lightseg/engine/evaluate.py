@@ -35,7 +35,9 @@ def build_eval_dataset(cfg: Config, split: str) -> Dataset:
     from lightseg.data.transforms import build_eval_transform
 
     d = cfg.data
-    return build_dataset(d.dataset, d.root, split, transform=build_eval_transform(scale=tuple(d.test_scale)), **d.options)
+    return build_dataset(
+        d.dataset, d.root, split, transform=build_eval_transform(scale=tuple(d.test_scale)), **d.options
+    )
 
 
 def _shard(n: int) -> range:
@@ -67,7 +69,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     num_classes = int(getattr(dataset, "num_classes", 0) or model.num_classes)
-    metrics = SegMetrics(num_classes, int(getattr(dataset, "ignore_index", 255)), list(getattr(dataset, "classes", []) or []) or None)
+    metrics = SegMetrics(
+        num_classes,
+        int(getattr(dataset, "ignore_index", 255)),
+        list(getattr(dataset, "classes", []) or []) or None,
+    )
     for i in tqdm(_shard(len(dataset)), desc="eval", disable=not progress, leave=False, unit="img"):
         sample = dataset[i]
         image = torch.as_tensor(sample["image"])[None].to(device)
@@ -119,7 +125,9 @@ def json_ready(result: dict) -> dict:
     return fix(result)
 
 
-def run_eval(cfg: Config, weights: str, fmt: str = "table", split: str | None = None, cityscapes_out: str | None = None) -> dict:
+def run_eval(
+    cfg: Config, weights: str, fmt: str = "table", split: str | None = None, cityscapes_out: str | None = None
+) -> dict:
     """The ``lightseg eval`` verb: build the split and the model, load ``weights``, evaluate, print."""
     from lightseg.engine.runtime import init_distributed
     from lightseg.models.registry import create_model
@@ -129,7 +137,9 @@ def run_eval(cfg: Config, weights: str, fmt: str = "table", split: str | None = 
     m = cfg.model
     model = create_model(m.name, num_classes=dataset.num_classes, weights=weights, **m.kwargs).to(device)
     hook = cityscapes_writer(cityscapes_out) if cityscapes_out else None
-    result = evaluate(model, dataset, cfg.eval, device, progress=info.is_main and fmt != "json", on_prediction=hook)
+    result = evaluate(
+        model, dataset, cfg.eval, device, progress=info.is_main and fmt != "json", on_prediction=hook
+    )
     if info.is_main:
         print(json.dumps(json_ready(result), indent=1) if fmt == "json" else format_table(result))
     return result

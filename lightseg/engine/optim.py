@@ -29,7 +29,9 @@ _ORIGINAL_KEYS: tuple[tuple[str, float, float], ...] = (
 )
 
 
-def param_multipliers(name: str, head_lr_mult: float = 10.0, head_substring_rule: bool = True) -> tuple[float, float]:
+def param_multipliers(
+    name: str, head_lr_mult: float = 10.0, head_substring_rule: bool = True
+) -> tuple[float, float]:
     """``(lr_mult, decay_mult)`` of a parameter from its full name (SPEC 1.6)."""
     for key, lr_mult, decay_mult in _ORIGINAL_KEYS:
         hit = key in name if (key != "head" or head_substring_rule) else name.startswith("head.")
@@ -39,7 +41,11 @@ def param_multipliers(name: str, head_lr_mult: float = 10.0, head_substring_rule
 
 
 def build_param_groups(
-    model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 10.0, head_substring_rule: bool = True
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    head_lr_mult: float = 10.0,
+    head_substring_rule: bool = True,
 ) -> list[dict]:
     """Parameter groups for AdamW, one per distinct ``(lr_mult, decay_mult)``.
 
@@ -74,7 +80,13 @@ def build_optimizer(model: nn.Module, lr: float, betas, weight_decay: float, **r
 
 
 def poly_warmup_factor(
-    it: int, max_iters: int, base_lr: float, warmup_iters: int, warmup_ratio: float, power: float, min_lr: float
+    it: int,
+    max_iters: int,
+    base_lr: float,
+    warmup_iters: int,
+    warmup_ratio: float,
+    power: float,
+    min_lr: float,
 ) -> float:
     """lr(it) / base_lr for iteration ``it`` (0-based, the number of finished iterations).
 
@@ -100,7 +112,9 @@ def build_scheduler(
     for every group, as in mmcv."""
 
     def factor(base_lr: float) -> Callable[[int], float]:
-        return lambda it: poly_warmup_factor(it, max_iters, base_lr, warmup_iters, warmup_ratio, power, min_lr)
+        return lambda it: poly_warmup_factor(
+            it, max_iters, base_lr, warmup_iters, warmup_ratio, power, min_lr
+        )
 
     fns = [factor(g["lr"]) for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fns)
@@ -113,4 +127,3 @@ def describe_groups(optimizer: torch.optim.Optimizer) -> str:
         n = len(g.get("names", g["params"]))
         lines.append(f"{n:4d} params  lr x{g['lr_mult']:g}  weight_decay {g['weight_decay']:g}")
     return "\n".join(lines)
-

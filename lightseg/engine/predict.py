@@ -60,7 +60,7 @@ def _cell_argmax(logits: torch.Tensor, s: int, chunk: int) -> torch.Tensor:
     interpolating a replicate-padded map. So the output is a grid of (h+1) x (w+1) cells of s x s
     pixels sharing four corners and one weight pattern, shifted by s/2.
     """
-    n, k, h, w = logits.shape
+    n, _, h, w = logits.shape
     lp = F.pad(logits, (1, 1, 1, 1), mode="replicate")
     low = lp.argmax(1)  # N x (h+2) x (w+2)
     a, b, c, d = low[:, :-1, :-1], low[:, :-1, 1:], low[:, 1:, :-1], low[:, 1:, 1:]
@@ -73,13 +73,17 @@ def _cell_argmax(logits: torch.Tensor, s: int, chunk: int) -> torch.Tensor:
     rows = lp.permute(0, 2, 3, 1)  # N x (h+2) x (w+2) x K
     for st in range(0, len(ns), chunk):
         n_, p, q = ns[st : st + chunk], ps[st : st + chunk], qs[st : st + chunk]
-        corners = torch.stack([rows[n_, p, q], rows[n_, p, q + 1], rows[n_, p + 1, q], rows[n_, p + 1, q + 1]], 2)
+        corners = torch.stack(
+            [rows[n_, p, q], rows[n_, p, q + 1], rows[n_, p + 1, q], rows[n_, p + 1, q + 1]], 2
+        )
         grid[n_, p, :, q, :] = (corners @ weights).argmax(1).view(-1, s, s)
     half = s // 2
     return grid.reshape(n, (h + 1) * s, (w + 1) * s)[:, half : half + h * s, half : half + w * s]
 
 
-def _pixel_argmax(logits: torch.Tensor, big: tuple[int, int], keep: tuple[int, int], chunk: int) -> torch.Tensor:
+def _pixel_argmax(
+    logits: torch.Tensor, big: tuple[int, int], keep: tuple[int, int], chunk: int
+) -> torch.Tensor:
     """Exact labels for any size: interpolate only pixels whose four sources disagree."""
     n, k, h, w = logits.shape
     y0, y1, ly = _bilinear_taps(big[0], h, keep[0], logits.device)
@@ -130,7 +134,9 @@ def upsample_argmax(
     low = logits.argmax(1)
     if (low[:, 1:] != low[:, :-1]).float().mean() > MAX_BOUNDARY_FRACTION:
         # Label changes almost everywhere (e.g. an untrained model): the direct way is faster.
-        return F.interpolate(logits, size=big, mode="bilinear", align_corners=False)[:, :, : keep[0], : keep[1]].argmax(1)
+        return F.interpolate(logits, size=big, mode="bilinear", align_corners=False)[
+            :, :, : keep[0], : keep[1]
+        ].argmax(1)
     if s >= 2 and s % 2 == 0 and big == (s * h, s * w):
         return _cell_argmax(logits, s, chunk)[:, : keep[0], : keep[1]]
     return _pixel_argmax(logits, big, keep, chunk * 64)
@@ -164,7 +170,9 @@ def load_model(
             return model.eval()
     if not name:
         raise ValueError("a model name is needed unless the weights are a lightseg checkpoint")
-    model = create_model(name, num_classes=num_classes or 150, weights=None if weights is None else str(weights))
+    model = create_model(
+        name, num_classes=num_classes or 150, weights=None if weights is None else str(weights)
+    )
     return model.eval()
 
 
@@ -173,7 +181,9 @@ class OrtModel:
     stride-s logits like the eager model. Static shapes: each new padded input size is exported
     once (dynamic batch, BN folded, attention biases fixed) into ``cache_dir``."""
 
-    def __init__(self, model: nn.Module, threads: int | None = None, cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self, model: nn.Module, threads: int | None = None, cache_dir: str | os.PathLike | None = None
+    ):
         self.model = model
         self.size_divisor = int(getattr(model, "size_divisor", 32))
         self.num_classes = int(model.num_classes)
@@ -267,11 +277,15 @@ class Segmenter:
         self.model = model.eval()
         self.num_classes = int(model.num_classes)
         self.classes = list(classes or getattr(model, "class_names", None) or [])
-        self.palette = [list(c) for c in (palette or getattr(model, "palette", None) or default_palette(self.num_classes))]
+        self.palette = [
+            list(c) for c in (palette or getattr(model, "palette", None) or default_palette(self.num_classes))
+        ]
         if len(self.palette) < self.num_classes:
             raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
         self.runner = prepare_runtime(self.model, runtime, optimize, threads)
-        self.options = dict(mode=mode, crop_size=tuple(crop_size), stride=tuple(stride), scales=tuple(scales), flip=flip)
+        self.options = dict(
+            mode=mode, crop_size=tuple(crop_size), stride=tuple(stride), scales=tuple(scales), flip=flip
+        )
         self.batch_size = max(1, int(batch_size))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -412,7 +426,12 @@ def read_image(path: Path) -> Image.Image:
 
 
 def _write_image_outputs(
-    seg: Segmenter, image: Image.Image, labels: np.ndarray, out_stem: Path, probs: np.ndarray | None, alpha: float
+    seg: Segmenter,
+    image: Image.Image,
+    labels: np.ndarray,
+    out_stem: Path,
+    probs: np.ndarray | None,
+    alpha: float,
 ) -> list[Path]:
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     label_path = out_stem.with_name(out_stem.name + ".png")
@@ -477,7 +496,10 @@ def predict_video(
             for frame in src.decode(stream):
                 rgb = frame.to_ndarray(format="rgb24")
                 labels = seg(rgb)
-                pics = [np.asarray(overlay(rgb, labels, seg.palette, alpha)), label_to_rgb(labels, seg.palette)]
+                pics = [
+                    np.asarray(overlay(rgb, labels, seg.palette, alpha)),
+                    label_to_rgb(labels, seg.palette),
+                ]
                 if not outs:
                     for sink in sinks:
                         o = sink.add_stream(codec, rate=rate)
@@ -540,10 +562,21 @@ def predict_paths(
 def add_predict_args(p) -> None:
     p.add_argument("model", help="registered model name (see `lightseg models`)")
     p.add_argument("inputs", nargs="+", help="image files, folders, globs or video files")
-    p.add_argument("--weights", required=True, help="checkpoint file (lightseg safetensors, training or mmseg)")
+    p.add_argument(
+        "--weights", required=True, help="checkpoint file (lightseg safetensors, training or mmseg)"
+    )
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the weights (default: from the file, else the dataset, else 150)")
-    p.add_argument("--dataset", default=None, help="take classes/palette (and class count) from this dataset, e.g. camvid")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the weights (default: from the file, else the dataset, else 150)",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="take classes/palette (and class count) from this dataset, e.g. camvid",
+    )
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     p.add_argument("--stride", type=int, nargs=2, default=(341, 341), metavar=("H", "W"))
@@ -553,7 +586,9 @@ def add_predict_args(p) -> None:
     p.add_argument("--optimize", choices=["none", "fold-bn", "compile"], default="fold-bn")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--save-probs", action="store_true", help="also write <name>_probs.npy (K x H x W float16)")
+    p.add_argument(
+        "--save-probs", action="store_true", help="also write <name>_probs.npy (K x H x W float16)"
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--no-progress", action="store_true")
 
@@ -597,7 +632,12 @@ def run_predict(args, rest: list[str]) -> int:
         palette=palette,
     )
     report = predict_paths(
-        seg, args.inputs, args.out, save_probs=args.save_probs, alpha=args.alpha, progress=not args.no_progress
+        seg,
+        args.inputs,
+        args.out,
+        save_probs=args.save_probs,
+        alpha=args.alpha,
+        progress=not args.no_progress,
     )
     print(f"wrote {len(report.written)} files to {args.out}")
     if report.skipped:

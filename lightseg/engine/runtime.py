@@ -44,7 +44,10 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda:
-        dev = torch.device("cuda", info.local_rank if info.enabled or device in ("auto", "cuda") else int(device.split(":")[1]))
+        dev = torch.device(
+            "cuda",
+            info.local_rank if info.enabled or device in ("auto", "cuda") else int(device.split(":")[1]),
+        )
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
@@ -82,7 +85,13 @@ class ResumableBatches:
     """
 
     def __init__(
-        self, num_samples: int, batch_per_process: int, accum_steps: int, seed: int, info: DistInfo, start_step: int
+        self,
+        num_samples: int,
+        batch_per_process: int,
+        accum_steps: int,
+        seed: int,
+        info: DistInfo,
+        start_step: int,
     ):
         if num_samples <= 0:
             raise ValueError("the training set is empty")
@@ -98,7 +107,9 @@ class ResumableBatches:
     def _index(self, position: int) -> int:
         epoch, pos = divmod(position, self.n)
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch, 1]).generate_state(1)[0]))
+            g = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([self.seed, epoch, 1]).generate_state(1)[0])
+            )
             self._perm = torch.randperm(self.n, generator=g).tolist()
             self._perm_epoch = epoch
         return self._perm[pos]

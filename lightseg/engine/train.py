@@ -42,7 +42,7 @@ from lightseg.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from lightseg.losses import seg_cross_entropy
+from lightseg.losses import SegLoss, build_seg_loss
 from lightseg.metrics import format_table
 
 CKPT_LAST = "last.pt"
@@ -75,7 +75,10 @@ def build_train_dataset(cfg: Config) -> Dataset:
 
     d = cfg.data
     transform = build_train_transform(
-        crop_size=tuple(d.crop_size), scale=tuple(d.scale), ratio_range=tuple(d.ratio_range), cat_max_ratio=d.cat_max_ratio
+        crop_size=tuple(d.crop_size),
+        scale=tuple(d.scale),
+        ratio_range=tuple(d.ratio_range),
+        cat_max_ratio=d.cat_max_ratio,
     )
     return build_dataset(d.dataset, d.root, d.train_split, transform=transform, **d.options)
 
@@ -83,7 +86,9 @@ def build_train_dataset(cfg: Config) -> Dataset:
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     from lightseg.models.registry import create_model
 
-    return create_model(cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.kwargs)
+    return create_model(
+        cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.kwargs
+    )
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -97,37 +102,38 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def compute_loss(
-    outputs: dict[str, torch.Tensor], mask: torch.Tensor, cfg: Config, ignore_index: int
-) -> dict[str, torch.Tensor]:
-    """``{"loss": total, "ce": ..., ["contrastive": ...]}``: CE on the final logits upsampled to the
-    label size (SPEC 1.2.7), plus ``train.contrastive_weight`` x the pixel contrastive loss of the
-    model's ``embed_features`` when that weight is positive."""
-    ce = seg_cross_entropy(outputs["logits"], mask, ignore_index, cfg.train.avg_non_ignore)
-    parts = {"loss": ce, "ce": ce}
-    if cfg.train.contrastive_weight > 0:
-        if "embed_features" not in outputs:
-            raise ValueError(
-                f"train.contrastive_weight is {cfg.train.contrastive_weight} but {cfg.model.name} gives no "
-                "embed_features in forward_train; set --train.contrastive_weight 0"
-            )
-        from lightseg import losses
-
-        con = losses.pixel_contrastive_loss(outputs["embed_features"], mask, ignore_index=ignore_index)
-        parts["contrastive"] = con
-        parts["loss"] = ce + cfg.train.contrastive_weight * con
-    return parts
+def build_loss(cfg: Config, model: nn.Module, ignore_index: int) -> SegLoss:
+    """CE on the final logits upsampled to the label size (SPEC 1.2.7), plus
+    ``train.contrastive_weight`` x the pixel contrastive loss when the weight is positive. The
+    contrastive projection head lives in the loss, so inference models never carry it (SPEC 2.2)."""
+    weight = cfg.train.contrastive_weight
+    loss_fn = build_seg_loss(
+        model,
+        contrastive_weight=weight,
+        ignore_index=ignore_index,
+        avg_non_ignore=cfg.train.avg_non_ignore,
+        seed=cfg.run.seed,
+    )
+    if weight > 0 and loss_fn.contrastive is None:
+        raise ValueError(
+            f"train.contrastive_weight is {weight} but {cfg.model.name} gives no embedding features "
+            "(its head has no embed_channels); set --train.contrastive_weight 0"
+        )
+    return loss_fn
 
 
 class _TrainForward(nn.Module):
-    """Routes DDP's ``forward`` to the segmentor's ``forward_train`` (DDP only hooks ``forward``)."""
+    """Model + loss as one module: DDP only hooks ``forward``, and wrapping both makes DDP also
+    all-reduce the gradients of the loss's own parameters (the contrastive projection head)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, loss_fn: SegLoss):
         super().__init__()
         self.model = model
+        self.loss_fn = loss_fn
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.forward_train(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        total, _ = self.loss_fn(self.model.forward_train(x), mask)
+        return total
 
 
 def _model_spec(model: nn.Module) -> dict:
@@ -210,12 +216,19 @@ def train(
     model = _prepare_model(model, info, device, log)
 
     micro_batch = _micro_batch(cfg, info)
+    loss_fn = build_loss(cfg, model, ignore_index).to(device)
     optimizer = optim_lib.build_optimizer(
         model, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay,
         head_lr_mult=cfg.optim.head_lr_mult, head_substring_rule=cfg.optim.head_substring_rule,
     )  # fmt: skip
+    # Training-only loss parameters (the contrastive projection head): base lr, normal decay.
+    for group in optim_lib.build_param_groups(loss_fn, cfg.optim.lr, cfg.optim.weight_decay):
+        group["names"] = [f"loss.{n}" for n in group["names"]]
+        optimizer.add_param_group(group)
     s = cfg.schedule
-    scheduler = optim_lib.build_scheduler(optimizer, cfg.train.iters, s.warmup_iters, s.warmup_ratio, s.power, s.min_lr)
+    scheduler = optim_lib.build_scheduler(
+        optimizer, cfg.train.iters, s.warmup_iters, s.warmup_ratio, s.power, s.min_lr
+    )
     amp_dtype = resolve_amp(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
@@ -226,12 +239,15 @@ def train(
     if resume_from is not None:
         ckpt = load_train_checkpoint(resume_from)
         model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt.get("loss", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None and ckpt.get("ema") is not None:
             ema.load_state_dict(ckpt["ema"])
-        state = TrainState(ckpt["iteration"], dict(ckpt.get("best", {})), Path(resume_from), ckpt["iteration"])
+        state = TrainState(
+            ckpt["iteration"], dict(ckpt.get("best", {})), Path(resume_from), ckpt["iteration"]
+        )
         ranks = ckpt["rng"]
         saved_rng = ranks[info.rank] if len(ranks) == info.world_size else None
         log.info(f"resumed from {resume_from} at iteration {state.iteration}")
@@ -239,11 +255,13 @@ def train(
         save_config(cfg, work_dir / "config.yaml")
         log.info(f"run directory: {work_dir}\nparameter groups:\n{optim_lib.describe_groups(optimizer)}")
 
-    step_model: nn.Module = _TrainForward(model)
+    step_model: nn.Module = _TrainForward(model, loss_fn)
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         step_model = DDP(step_model, device_ids=ids, find_unused_parameters=cfg.train.find_unused_parameters)
-    batches = ResumableBatches(len(train_set), micro_batch, cfg.train.accum_steps, cfg.run.seed, info, state.iteration)
+    batches = ResumableBatches(
+        len(train_set), micro_batch, cfg.train.accum_steps, cfg.run.seed, info, state.iteration
+    )
     loader = DataLoader(
         train_set, batch_sampler=batches, num_workers=cfg.data.num_workers, collate_fn=collate,
         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
@@ -252,7 +270,9 @@ def train(
     if saved_rng is not None:
         set_rng_state(saved_rng)
 
-    ctx = _Context(cfg, info, device, work_dir, log, model, optimizer, scheduler, scaler, ema, amp_dtype, ignore_index)
+    ctx = _Context(
+        cfg, info, device, work_dir, log, model, loss_fn, optimizer, scheduler, scaler, ema, amp_dtype
+    )
     bar = _progress(cfg, state, info)
     t0, seen = time.perf_counter(), 0
     model.train()
@@ -268,7 +288,11 @@ def train(
             log.record("train", state.iteration, {"loss": loss, "lr": lr, "img_per_s": img_s})
         if state.iteration % cfg.train.ckpt_interval == 0 or state.iteration == cfg.train.iters:
             _save(ctx, state, CKPT_LAST)
-        if cfg.eval.interval and state.iteration % cfg.eval.interval == 0 and state.iteration < cfg.train.iters:
+        if (
+            cfg.eval.interval
+            and state.iteration % cfg.eval.interval == 0
+            and state.iteration < cfg.train.iters
+        ):
             val_set = _maybe_evaluate(ctx, state, val_set)
     bar.close()
     result = {"iteration": state.iteration, "best": state.best, "work_dir": str(work_dir), "metrics": None}
@@ -289,12 +313,12 @@ class _Context:
     work_dir: Path
     log: RunLog
     model: nn.Module
+    loss_fn: SegLoss
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
     ema: ModelEMA | None
     amp_dtype: torch.dtype | None
-    ignore_index: int
 
 
 def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainState) -> float:
@@ -310,10 +334,16 @@ def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainSt
             if cfg.train.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             # DDP: all-reduce gradients only on the last micro-batch.
-            sync = contextlib.nullcontext() if micro == accum - 1 or not ctx.info.enabled else step_model.no_sync()
+            sync = (
+                contextlib.nullcontext()
+                if micro == accum - 1 or not ctx.info.enabled
+                else step_model.no_sync()
+            )
             with sync:
-                with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
-                    loss = compute_loss(step_model(image), mask, cfg, ctx.ignore_index)["loss"] / accum
+                with torch.autocast(
+                    ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None
+                ):
+                    loss = step_model(image, mask) / accum
                 ctx.scaler.scale(loss).backward()
             total += loss.detach()
     except torch.cuda.OutOfMemoryError as e:
@@ -332,7 +362,8 @@ def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainSt
         )
     if cfg.optim.grad_clip:
         ctx.scaler.unscale_(ctx.optimizer)
-        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
+        params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -356,6 +387,7 @@ def _save(ctx: _Context, state: TrainState, name: str) -> None:
         "format": "lightseg-train",
         "model": ctx.model.state_dict(),
         "model_spec": _model_spec(ctx.model),
+        "loss": ctx.loss_fn.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),
         "scheduler": ctx.scheduler.state_dict(),
         "scaler": ctx.scaler.state_dict(),
@@ -371,13 +403,22 @@ def _save(ctx: _Context, state: TrainState, name: str) -> None:
         state.last_iteration_saved = state.iteration
 
 
-def _maybe_evaluate(ctx: _Context, state: TrainState, val_set: Dataset | None, final: bool = False) -> Dataset | None:
+def _maybe_evaluate(
+    ctx: _Context, state: TrainState, val_set: Dataset | None, final: bool = False
+) -> Dataset | None:
     """Evaluate on the validation split (the EMA weights if enabled), log, keep ``best.pt``."""
     cfg = ctx.cfg
     if val_set is None:
         if not cfg.data.val_split:
             return None
         val_set = build_eval_dataset(cfg, cfg.data.val_split)
+    if ctx.info.enabled:
+        # BN running statistics differ per process after the last step; evaluate rank 0's (the
+        # ones the checkpoint holds) everywhere.
+        import torch.distributed as dist
+
+        for b in ctx.model.buffers():
+            dist.broadcast(b, 0)
     net = ctx.ema.module if ctx.ema is not None else ctx.model
     metrics = evaluate(net, val_set, cfg.eval, ctx.device, amp_dtype=ctx.amp_dtype, progress=ctx.info.is_main)
     ctx.model.train()

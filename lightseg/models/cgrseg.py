@@ -17,6 +17,10 @@ Things of the release that we deliberately do not reproduce (none of them owns a
 - ``DPGHead``'s ``pool='avg'`` and ``channel_add`` branches (the head only builds ``'att'`` /
   ``channel_mul``; the others never exist in a checkpoint);
 - mmseg's ``align_corners`` (only the loss-side resize reads it; it is ``False`` here everywhere).
+
+The official state dict has no dead head weights: every ``decode_head`` key is used. Its backbone part
+carries dead ``attention_biases`` / ``attention_bias_idxs`` buffers, dropped by name in
+:func:`lightseg.models.efficientformer_v2.convert_official_backbone_keys`.
 """
 
 from __future__ import annotations

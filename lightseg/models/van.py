@@ -209,7 +209,9 @@ def convert_imagenet(obj: Any, model: nn.Module) -> dict[str, torch.Tensor]:
         else:
             unmapped.append(key)
     if unmapped:
-        shown = ", ".join(unmapped[:20]) + (f", ... ({len(unmapped) - 20} more)" if len(unmapped) > 20 else "")
+        shown = ", ".join(unmapped[:20]) + (
+            f", ... ({len(unmapped) - 20} more)" if len(unmapped) > 20 else ""
+        )
         raise CheckpointError(
             f"{len(unmapped)} VAN ImageNet keys have no place in {type(model).__name__} "
             f"(a different VAN variant?): {shown}"
