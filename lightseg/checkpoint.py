@@ -176,7 +176,7 @@ def load_weights(model: nn.Module, path_or_url: str | os.PathLike) -> str:
     """Load any supported checkpoint into ``model`` strictly; returns the detected layout name."""
     path = resolve_path(path_or_url)
     if _is_safetensors(path):
-        tensors, meta = read_safetensors(path)
+        tensors, _meta = read_safetensors(path)
         load_state_dict_strict(model, tensors, source=str(path))
         return "lightseg"
     obj = _load_object(path)

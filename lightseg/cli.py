@@ -65,7 +65,9 @@ def _run_flops(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="a recipe YAML (recipes/*.yaml); then --section.field value overrides")
-    p.add_argument("--resume", default=None, help="checkpoint to continue from (default: <work_dir>/last.pt if any)")
+    p.add_argument(
+        "--resume", default=None, help="checkpoint to continue from (default: <work_dir>/last.pt if any)"
+    )
 
 
 def _run_train(args: argparse.Namespace, rest: list[str]) -> int:
@@ -80,11 +82,15 @@ def _run_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="the recipe the model was trained with; then --section.field value overrides")
+    p.add_argument(
+        "recipe", help="the recipe the model was trained with; then --section.field value overrides"
+    )
     p.add_argument("--weights", required=True, help="checkpoint (training .pt, lightseg safetensors, ...)")
     p.add_argument("--split", default=None, help="dataset split (default: the recipe's data.val_split)")
     p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("--cityscapes-out", default=None, help="also write test-server labelId PNGs to this folder")
+    p.add_argument(
+        "--cityscapes-out", default=None, help="also write test-server labelId PNGs to this folder"
+    )
 
 
 def _run_eval(args: argparse.Namespace, rest: list[str]) -> int:
@@ -97,7 +103,9 @@ def _run_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["check"], help="check: the dataset doctor")
-    p.add_argument("--data.name", dest="data_name", required=True, help="dataset name (ade20k, camvid, folder, ...)")
+    p.add_argument(
+        "--data.name", dest="data_name", required=True, help="dataset name (ade20k, camvid, folder, ...)"
+    )
     p.add_argument("--data.root", dest="data_root", required=True, help="dataset root folder")
     p.add_argument("--split", action="append", default=None, help="split to check (repeatable; default: all)")
     p.add_argument("--format", choices=["text", "json"], default="text")
@@ -152,10 +160,30 @@ _VERBS: dict[str, tuple[str, AddArgs, Run, bool]] = {
     "flops": ("params and GMACs (paper/all conventions) of a model", _add_flops_args, _run_flops, False),
     "train": ("train a model from a recipe (runs under torchrun too)", _add_train_args, _run_train, True),
     "eval": ("evaluate weights on a dataset split (mIoU, mAcc, aAcc)", _add_eval_args, _run_eval, True),
-    "data": ("dataset tools: `data check` reports missing/corrupt/mislabelled files", _add_data_args, _run_data, True),
-    "predict": ("segment images, folders, globs and videos: label PNGs + overlays", _add_predict_args, _run_predict, False),
-    "export": ("export to ONNX (verified against eager with --check) or torch.export", _add_export_args, _run_export, False),
-    "bench": ("latency benchmark: eager / folded / ONNX Runtime, logits or full-res labels", _add_bench_args, _run_bench, False),
+    "data": (
+        "dataset tools: `data check` reports missing/corrupt/mislabelled files",
+        _add_data_args,
+        _run_data,
+        True,
+    ),
+    "predict": (
+        "segment images, folders, globs and videos: label PNGs + overlays",
+        _add_predict_args,
+        _run_predict,
+        False,
+    ),
+    "export": (
+        "export to ONNX (verified against eager with --check) or torch.export",
+        _add_export_args,
+        _run_export,
+        False,
+    ),
+    "bench": (
+        "latency benchmark: eager / folded / ONNX Runtime, logits or full-res labels",
+        _add_bench_args,
+        _run_bench,
+        False,
+    ),
 }
 
 

@@ -31,7 +31,9 @@ class DropPath(nn.Module):
 class ConvBN(nn.Sequential):
     """Conv2d (no bias unless asked) followed by BatchNorm2d."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, bias: bool = False):
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, bias: bool = False
+    ):
         super().__init__(
             nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=bias),
             nn.BatchNorm2d(cout),

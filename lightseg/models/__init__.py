@@ -1,12 +1,15 @@
 """Model families. Importing this package registers every family's factories."""
 
+# Each family module registers its factories (and checkpoint layouts) on import.
+from lightseg.models import (  # noqa: F401
+    cgrseg,
+    efficientformer_v2,
+    efficientnet_lite,
+    frm,
+    hybrids,
+    van,
+)
 from lightseg.models.registry import create_model, get_entry, list_models, register_model
 from lightseg.models.segmentor import Segmentor
-
-# Each family module registers its factories on import.
-from lightseg.models import efficientformer_v2  # noqa: E402, F401, I001
-from lightseg.models import cgrseg  # noqa: E402, F401
-from lightseg.models import van, frm  # noqa: E402, F401
-from lightseg.models import efficientnet_lite, hybrids  # noqa: E402, F401
 
 __all__ = ["Segmentor", "create_model", "get_entry", "list_models", "register_model"]

@@ -94,7 +94,9 @@ def create_model(
         model = entry.factory(**overrides)
     # Recorded so that checkpoints can rebuild the very same model (lightseg.checkpoint).
     model.model_name = name
-    model.model_kwargs = dict(overrides)
+    # ``pretrained`` only says where the initial weights came from; a rebuilt model gets its
+    # weights from the checkpoint and must not need the pretrained file.
+    model.model_kwargs = {k: v for k, v in overrides.items() if k != "pretrained"}
     if weights is not None:
         from lightseg.checkpoint import load_weights
 
