@@ -113,10 +113,19 @@ def _traced_pairs(root: nn.Module) -> list[tuple[str, str, str]]:
     found with torch.fx, where the first module's output feeds the second and nothing else."""
     import torch.fx
 
+    class ShallowTracer(torch.fx.Tracer):
+        # Only ``root``'s own forward; children stay opaque calls, so shape checks or data-dependent
+        # code inside them (e.g. attention blocks) cannot make the trace fail.
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return True
+
     try:
         graph = torch.fx.symbolic_trace(root).graph
-    except Exception:  # data-dependent control flow etc.: such modules are simply not folded
-        return []
+    except Exception:
+        try:
+            graph = ShallowTracer().trace(root)
+        except Exception:  # data-dependent control flow in root itself: not folded
+            return []
     mods = dict(root.named_modules())
     pairs = []
     for node in graph.nodes:
@@ -143,9 +152,9 @@ def fold_bn(
 ) -> tuple[nn.Module, FoldReport]:
     """Fold every BatchNorm2d that sits directly after (or, for 1x1 convs, before) a Conv2d.
 
-    Pairs are found by tracing (torch.fx) each module that owns a BN, going up to four levels when
-    a module cannot be traced; a pair folds only if the first module's output feeds the second
-    alone and, when ``example`` (an input batch) is given or can be made from
+    Pairs are found by tracing (torch.fx, one module's own forward at a time) the nearest ancestor
+    of each BN whose forward feeds a conv into it (or it into a 1x1 conv); a pair folds only if the
+    first module's output feeds the second alone and, when ``example`` (an input batch) is given or can be made from
     ``model.size_divisor``, neither module runs more than once per forward.
     Returns the (copied unless ``inplace``) model in eval mode and a :class:`FoldReport`.
     The function computed by the model is unchanged up to float rounding.
@@ -163,16 +172,15 @@ def fold_bn(
         for bn_name, bn in list(model.named_modules()):
             if not _is_bn(bn) or bn_name in done:
                 continue
-            parent = bn_name
-            for _ in range(4):  # trace the BN's owner; go up when it cannot be traced
-                if not parent:
-                    break
+            parent, pairs = bn_name, []
+            while parent:  # the nearest ancestor whose own forward pairs this BN with a conv
                 parent = parent.rpartition(".")[0]
                 root = model.get_submodule(parent) if parent else model
                 if parent not in traced:
                     traced[parent] = _traced_pairs(root)
-                pairs = traced[parent]
-                if pairs or parent == "":
+                rel = bn_name[len(parent) + 1 :] if parent else bn_name
+                if any(rel in (first, second) for first, second, _ in traced[parent]):
+                    pairs = traced[parent]
                     break
             prefix = f"{parent}." if parent else ""
             for first, second, order in pairs:
