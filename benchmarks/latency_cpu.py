@@ -2,7 +2,8 @@
 
 For each model: build (random init; weights do not change eager latency), eval mode,
 ``torch.inference_mode``, ``--warmup`` untimed runs, then ``--runs`` timed forward passes
-(``time.perf_counter``); median / min / max in milliseconds. The forward pass is the model's own
+(``time.perf_counter``), interleaved across models; median / min / max in milliseconds and the
+median CPU time of all threads per run. The forward pass is the model's own
 ``forward`` (logits at the output stride), without resizing logits to the image size.
 
 Writes ``benchmarks/results/latency_cpu_<cpu-model-or-hostname>.json`` and a Markdown table
@@ -54,32 +55,46 @@ def _load() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def time_model(name: str, size: tuple[int, int], warmup: int, runs: int, num_classes: int) -> dict:
-    """Median/min/max eager latency (ms) of one forward pass of ``name`` on a 1x3xHxW input."""
-    if get_entry(name).kind != "segmentor":
-        raise ValueError(f"{name!r} is a backbone; this benchmark times segmentors")
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes).eval()
-    x = torch.randn(1, 3, *size)
-    times, cpu_times = [], []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(runs):
-            t0, c0 = time.perf_counter(), time.process_time()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-            cpu_times.append((time.process_time() - c0) * 1e3)
+def _summary(name: str, times: list[float], cpu_times: list[float]) -> dict:
     return {
         "model": name,
         "median_ms": round(statistics.median(times), 1),
         "min_ms": round(min(times), 1),
         "max_ms": round(max(times), 1),
-        # CPU time of all threads per run: the work done, much less sensitive to machine load
-        # than wall time (on an idle machine, latency >= cpu_ms / threads).
+        # CPU time of all threads per run: the work done; on an idle machine latency is about
+        # cpu_ms / threads, and a much larger wall time means the run waited for the CPU.
         "median_cpu_ms": round(statistics.median(cpu_times), 1),
         "runs_ms": [round(t, 1) for t in times],
     }
+
+
+def time_models(
+    names: list[str], size: tuple[int, int], warmup: int, runs: int, num_classes: int
+) -> list[dict]:
+    """Median/min/max eager latency (ms) of one forward pass of each model on a 1x3xHxW input.
+
+    The timed runs are interleaved (model 1, model 2, ..., model 1, ...) so that a change of
+    machine load during the benchmark hits every model alike and their ratios stay fair.
+    """
+    for name in names:
+        if get_entry(name).kind != "segmentor":
+            raise ValueError(f"{name!r} is a backbone; this benchmark times segmentors")
+    torch.manual_seed(0)
+    models = {name: create_model(name, num_classes=num_classes).eval() for name in names}
+    x = torch.randn(1, 3, *size)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    cpu_times: dict[str, list[float]] = {n: [] for n in names}
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(warmup):
+                model(x)
+        for _ in range(runs):
+            for name, model in models.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                model(x)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+                cpu_times[name].append((time.process_time() - c0) * 1e3)
+    return [_summary(n, times[n], cpu_times[n]) for n in names]
 
 
 def markdown(report: dict) -> str:
@@ -136,18 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"latency_cpu_{_slug(cpu if cpu != 'unknown-cpu' else socket.gethostname())}"
-    for name in args.models:
-        r = time_model(name, tuple(args.size), args.warmup, args.runs, args.num_classes)
+    report["results"] = time_models(args.models, tuple(args.size), args.warmup, args.runs, args.num_classes)
+    report["load_after"] = _load()
+    for r in report["results"]:
         print(
-            f"{name:24s} median {r['median_ms']:8.1f} ms  min {r['min_ms']:8.1f}  max {r['max_ms']:8.1f}"
-            f"  CPU time {r['median_cpu_ms']:8.1f} ms",
-            flush=True,
+            f"{r['model']:24s} median {r['median_ms']:8.1f} ms  min {r['min_ms']:8.1f}  "
+            f"max {r['max_ms']:8.1f}  CPU time {r['median_cpu_ms']:8.1f} ms"
         )
-        report["results"].append(r)
-        report["load_after"] = _load()
-        # Written after every model, so that an interrupted run keeps what it measured.
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(markdown(report))
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
     return 0
 

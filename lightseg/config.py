@@ -148,6 +148,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], key)
+    if tp is str and value is None:
+        return ""  # `--data.val_split ""` (YAML reads an empty value as null): an empty string
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # e.g. `--run.work_dir 2024` or a numeric split name
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, str):

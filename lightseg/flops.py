@@ -206,7 +206,7 @@ def count_all_conventions(
 
     Returns ``{"paper": int, "all": int}``, totals for the whole batch (not per image). The
     model runs once, in eval mode and under ``no_grad``, on its own device (``meta`` works);
-    its training flag is restored afterwards.
+    every module's training flag is restored afterwards.
     """
     h, w = _check_size(input_size)
     tally = _Tally()
@@ -226,7 +226,8 @@ def count_all_conventions(
             handles.append(m.register_forward_hook(hook(formula)))
     device, dtype = _model_device_dtype(model)
     x = torch.zeros(batch, in_chans, h, w, device=device, dtype=dtype)
-    was_training = model.training
+    # Restore each module's own flag afterwards (a frozen BN may sit in a training model).
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_custom_flop_formulas()) as fc:
@@ -234,7 +235,8 @@ def count_all_conventions(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     dispatcher_macs = fc.get_total_flops() // 2
     return {"paper": tally.total, "all": tally.total - tally.matmul + dispatcher_macs}
 

@@ -128,7 +128,9 @@ def test_small_model_by_hand_and_meta_equals_real():
     with torch.device("meta"):
         meta = _Small()
     assert count_all_conventions(meta, (h, w)) == count_all_conventions(model, (h, w))
-    assert model.training  # training flag restored
+    model.stem[1].eval()  # a frozen BN inside a training model keeps its own mode
+    count_macs(model, (h, w))
+    assert model.training and model.cls.training and not model.stem[1].training
 
 
 def test_bad_convention_and_size_fail_clearly():
