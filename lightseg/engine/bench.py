@@ -107,7 +107,8 @@ def make_runner(
 
     ``precision``: ``fp32``; ``bf16`` (torch CPU autocast); ``int8`` (ORT static INT8 calibrated on
     ``calibration``: N x 3 x H x W normalised real images). ``optimize`` for ORT: ``none`` exports
-    the model as it is (the naive baseline), anything else folds BN and fixes attention biases.
+    the model as it is with ``torch.onnx.export``'s defaults (the naive baseline); anything else
+    folds BN, fixes attention biases and exports at opset 20 (one ``Gelu`` op per GELU).
     """
     from lightseg.engine.export import InferenceGraph, OrtRunner, export_onnx, quantize_onnx_int8
     from lightseg.fuse import optimize_for_inference
@@ -123,13 +124,15 @@ def make_runner(
             Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-"))
             / f"model_{optimize}_{graph_out}.onnx"
         )
+        naive = optimize == "none"
         export_onnx(
             model,
             path,
             (h, w),
             batch=batch,
             output=graph_out,
-            optimize="none" if optimize == "none" else "fold-bn",
+            optimize="none" if naive else "fold-bn",
+            opset=None if naive else 20,  # naive: torch.onnx.export's defaults (opset 18)
         )
         if precision == "int8":
             if not calibration:
