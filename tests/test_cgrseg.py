@@ -58,6 +58,17 @@ def test_output_shape_t(size):
     assert y.shape == (1, 19, size[0] // 8, size[1] // 8)
 
 
+@pytest.mark.parametrize("name", ["cgrseg_b", "cgrseg_l"])
+def test_output_shape_b_l_on_meta(name):
+    """B and L at the non-square sizes in the default run: the same forward on meta tensors (shapes
+    only, seconds instead of minutes); the real-valued run is the slow test below."""
+    m = create_model(name).eval().to("meta")
+    for size in [(512, 1024), (480, 640)]:
+        with torch.no_grad():
+            y = m(torch.randn(1, 3, *size, device="meta"))
+        assert y.shape == (1, 150, size[0] // 8, size[1] // 8)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cgrseg_b", "cgrseg_l"])
 @pytest.mark.parametrize("size", [(512, 1024), (480, 640)])
