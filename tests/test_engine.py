@@ -293,3 +293,52 @@ def test_torchrun_two_processes_metrics_equal_single_process(tmp_path):
     single = evaluate(model, SyntheticSet(n=7), tiny_cfg("x").eval, progress=False)
     assert dist_metrics["mIoU"] == pytest.approx(single["mIoU"], abs=1e-9)
     assert dist_metrics["aAcc"] == pytest.approx(single["aAcc"], abs=1e-9)
+
+
+class TinyEmbedSeg(TinySeg):
+    """TinySeg whose head also gives embedding features, like the FRM head (``embed_channels``)."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__(num_classes)
+        self.head.embed_channels = 8
+
+    def forward_train(self, x):
+        feats = self.backbone(x)
+        return {"logits": self.head(feats), "embed_features": feats}
+
+
+def _embed_model():
+    torch.manual_seed(0)
+    return TinyEmbedSeg()
+
+
+def test_contrastive_term_trains_its_projection_head_and_resumes_exactly(tmp_path):
+    over = {"train.contrastive_weight": 0.1}
+    train(tiny_cfg(tmp_path / "straight", **over), model=_embed_model(), train_set=SyntheticSet())
+    with pytest.raises(Killed):
+        train(tiny_cfg(tmp_path / "split", **over), model=_embed_model(), train_set=DiesAfter(3 * 4 + 2))
+    train(tiny_cfg(tmp_path / "split", **over), model=TinyEmbedSeg(), train_set=SyntheticSet())
+    a = load_train_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_train_checkpoint(tmp_path / "split" / "last.pt")
+    proj = [k for k in a["loss"] if k.endswith("weight")]
+    assert proj, "the projection head's weights are saved with the run"
+    for k in [*proj, "contrastive._extra_state"]:
+        if k in a["loss"] and isinstance(a["loss"][k], torch.Tensor):
+            assert torch.equal(a["loss"][k], b["loss"][k]), k
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # the projection head is trained (AdamW state exists for every loss parameter) ...
+    n_model = len(list(TinyEmbedSeg().parameters()))
+    n_loss = len(proj) * 2  # weight + bias per conv
+    assert len(a["optimizer"]["state"]) == n_model + n_loss
+    # ... and is absent from the model that is saved for inference
+    assert not any("project" in k or "contrastive" in k for k in a["model"])
+
+
+def test_contrastive_weight_on_a_model_without_embeddings_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        train(
+            tiny_cfg(tmp_path, **{"train.contrastive_weight": 0.1}),
+            model=_fresh_model(),
+            train_set=SyntheticSet(),
+        )
