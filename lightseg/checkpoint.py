@@ -61,6 +61,34 @@ def _fmt_keys(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def remap_keys(
+    state: Mapping[str, torch.Tensor],
+    rename: Callable[[str], str | None],
+    *,
+    drop: Callable[[str], bool] = lambda key: False,
+    what: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Account for every key of a foreign state dict, as layout filters must.
+
+    ``drop(key)`` true: left out on purpose (the filter's docstring names the reason). Otherwise
+    ``rename(key)`` gives the key's name in our model, or ``None`` when it has no place there; such
+    keys are collected and raised as one :class:`CheckpointError` that lists them.
+    """
+    out: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in state.items():
+        if drop(key):
+            continue
+        new = rename(key)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    if unmapped:
+        raise CheckpointError(f"{len(unmapped)} key(s) of the {what} map to nothing: {_fmt_keys(unmapped)}")
+    return out
+
+
 def load_state_dict_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "") -> None:
     """``module.load_state_dict`` that reports every missing, unexpected and mis-shaped key."""
     own = module.state_dict()

@@ -73,6 +73,23 @@ def time_fn(
     return times
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], warmup: int = 3, runs: int = 20
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed round-robin (one call of each per round) so that
+    paths compared side by side see the same drift in machine load; ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
 def summarize(times: Sequence[float], batch: int) -> dict[str, float]:
     med = statistics.median(times)
     return {
@@ -251,10 +268,39 @@ def add_bench_args(p) -> None:
         "--output", choices=OUTPUTS, nargs="+", default=["logits"], help="what the timed graph returns"
     )
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument(
+        "--calibration",
+        nargs="+",
+        default=None,
+        metavar="IMAGES",
+        help="images (files, folders, globs) to calibrate --precision int8 on; use real images of the domain",
+    )
+    p.add_argument("--calibration-count", type=int, default=16, help="at most this many calibration images")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--format", choices=["table", "json"], default="table")
+
+
+def image_batches(inputs: Sequence[str], size: Sequence[int], count: int = 16) -> list[Any]:
+    """Up to ``count`` images from ``inputs`` (files, folders, globs; spread evenly over what is
+    found), resized to ``size`` (bilinear) and normalised: 1 x 3 x H x W float32 arrays."""
+    import numpy as np
+
+    from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from lightseg.engine.predict import collect_inputs, read_image
+
+    items = [it for it in collect_inputs(inputs)[0] if it.kind == "image"]
+    if not items:
+        raise ValueError(f"no calibration images among {' '.join(map(str, inputs))}")
+    items = items[:: max(1, len(items) // count)][:count]
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+    h, w = int(size[0]), int(size[1])
+    out = []
+    for it in items:
+        img = read_image(it.path).resize((w, h), resample=2)  # 2 = PIL bilinear
+        out.append(((np.asarray(img, np.float32) - mean) / std).transpose(2, 0, 1)[None].copy())
+    return out
 
 
 def run_bench(args, rest: list[str]) -> int:
@@ -262,6 +308,11 @@ def run_bench(args, rest: list[str]) -> int:
 
     if args.runs < 1:
         raise ValueError("--runs must be at least 1")
+    calibration = None
+    if args.precision == "int8":
+        if not args.calibration:
+            raise ValueError("--precision int8 needs --calibration IMAGES (real images to calibrate on)")
+        calibration = image_batches(args.calibration, args.size, args.calibration_count)
     results = []
     for name in args.models:
         model = create_model(name, num_classes=args.num_classes, weights=args.weights).eval()
@@ -281,6 +332,7 @@ def run_bench(args, rest: list[str]) -> int:
                             precision=args.precision,
                             warmup=args.warmup,
                             runs=args.runs,
+                            **({"calibration": calibration} if calibration else {}),
                         )
                     )
     env = environment(args.threads, args.device)

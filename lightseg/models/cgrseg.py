@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout
+from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout, remap_keys
 from lightseg.layers import ConvBN
 from lightseg.models.efficientformer_v2 import convert_official_backbone_keys
 from lightseg.models.registry import get_entry, register_model
@@ -475,24 +475,15 @@ def convert_mmseg_checkpoint(obj: Any, model: nn.Module) -> dict[str, torch.Tens
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     # The release's dead ``attention_biases`` / ``attention_bias_idxs`` buffers are dropped there, by name.
     out = {"backbone." + k: v for k, v in convert_official_backbone_keys(backbone).items()}
-    unmapped: list[str] = []
-    for key, value in state.items():
-        if key.startswith("backbone."):
-            continue
-        if key.startswith("decode_head."):
-            mapped = _map_head_key(key[len("decode_head.") :])
-            if mapped is None:
-                unmapped.append(key)
-            else:
-                out["head." + mapped] = value
-        else:
-            unmapped.append(key)
-    if unmapped:
-        shown = ", ".join(unmapped[:20]) + (
-            f", ... ({len(unmapped) - 20} more)" if len(unmapped) > 20 else ""
-        )
-        raise CheckpointError(f"{len(unmapped)} key(s) of the mmseg checkpoint map to nothing: {shown}")
-    return out
+
+    def rename(key: str) -> str | None:
+        if not key.startswith("decode_head."):
+            return None
+        mapped = _map_head_key(key[len("decode_head.") :])
+        return None if mapped is None else "head." + mapped
+
+    head = remap_keys(state, rename, drop=lambda key: key.startswith("backbone."), what="mmseg checkpoint")
+    return {**out, **head}
 
 
 MMSEG_LAYOUT = register_layout(

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout
+from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout, remap_keys
 from lightseg.layers import ConvBN, DropPath
 from lightseg.models.registry import register_model
 
@@ -637,24 +637,13 @@ def _convert_imagenet(obj: dict, model: nn.Module) -> dict[str, torch.Tensor]:
             f"the model's backbone is {type(model).__name__}"
         )
     own = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    for key, tensor in obj["model"].items():
-        if _drop_reason(key, imagenet=True) is not None:
-            continue
-        if key in own:
-            out[key] = tensor
-        else:
-            unmapped.append(key)
-    if unmapped:
-        shown = ", ".join(unmapped[:20]) + (
-            f", ... ({len(unmapped) - 20} more)" if len(unmapped) > 20 else ""
-        )
-        raise CheckpointError(
-            f"{len(unmapped)} key(s) of the ImageNet checkpoint map to nothing in "
-            f"efficientformer_v2 (only norm.*, head.*, dist_head.* and the classification "
-            f"attention_biases / attention_bias_idxs are dropped): {shown}"
-        )
+    out = remap_keys(
+        obj["model"],
+        rename=lambda key: key if key in own else None,
+        drop=lambda key: _drop_reason(key, imagenet=True) is not None,
+        what="EfficientFormerV2 ImageNet checkpoint (only norm.*, head.*, dist_head.* and the "
+        "classification attention_biases / attention_bias_idxs are dropped)",
+    )
     # The classification model has no segmentation tables: they start at zero (SPEC 1.5).
     for key, tensor in own.items():
         if key.endswith("attention_biases_seg") and key not in out:

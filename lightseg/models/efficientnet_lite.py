@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout
+from lightseg.checkpoint import CheckpointLayout, register_layout, remap_keys
 from lightseg.layers import DropPath
 from lightseg.models.registry import register_model
 
@@ -251,25 +251,13 @@ def convert_lukemelas(
     """Map every key of a lukemelas-layout EfficientNet(-Lite) state dict to :class:`EfficientNetLite`
     names; drops ``_fc.*``, ``_conv_head.*`` and ``_bn1.*`` (see ``_LUKEMELAS_DROPS``) and raises
     :class:`CheckpointError` naming any other key it cannot place."""
-    out, unmapped = {}, []
-    for key, value in obj.items():
-        if any(key.startswith(p) for p in _LUKEMELAS_DROPS):
-            continue
-        new = _map_lukemelas_key(key)
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    if unmapped:
-        sample = ", ".join(unmapped[:10]) + (
-            f", ... ({len(unmapped) - 10} more)" if len(unmapped) > 10 else ""
-        )
-        raise CheckpointError(
-            f"{len(unmapped)} key(s) of the lukemelas EfficientNet layout have no place in the backbone: "
-            f"{sample} (known: _conv_stem, _bn0, _blocks.N.{{{', '.join(_LUKEMELAS_BLOCK)}}}; "
-            f"dropped by name: {', '.join(p + '*' for p in _LUKEMELAS_DROPS)})"
-        )
-    return out
+    return remap_keys(
+        obj,
+        _map_lukemelas_key,
+        drop=lambda key: key.startswith(tuple(_LUKEMELAS_DROPS)),
+        what=f"lukemelas EfficientNet layout (known: _conv_stem, _bn0, _blocks.N.{{{', '.join(_LUKEMELAS_BLOCK)}}}; "
+        f"dropped by name: {', '.join(p + '*' for p in _LUKEMELAS_DROPS)})",
+    )
 
 
 LUKEMELAS_LAYOUT = register_layout(

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout
+from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout, remap_keys
 from lightseg.layers import DropPath
 from lightseg.models.registry import register_model
 
@@ -199,24 +199,17 @@ def convert_imagenet(obj: Any, model: nn.Module) -> dict[str, torch.Tensor]:
     if state is None:
         raise CheckpointError("not a VAN ImageNet state dict (no patch_embed1/block1 keys)")
     own = model.state_dict()
-    out, unmapped = {}, []
-    for key, value in state.items():
-        if any(key.startswith(prefix) for prefix in _DROPPED):
-            continue
+
+    def rename(key: str) -> str | None:
         new = key.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")
-        if new in own:
-            out[new] = value
-        else:
-            unmapped.append(key)
-    if unmapped:
-        shown = ", ".join(unmapped[:20]) + (
-            f", ... ({len(unmapped) - 20} more)" if len(unmapped) > 20 else ""
-        )
-        raise CheckpointError(
-            f"{len(unmapped)} VAN ImageNet keys have no place in {type(model).__name__} "
-            f"(a different VAN variant?): {shown}"
-        )
-    return out
+        return new if new in own else None
+
+    return remap_keys(
+        state,
+        rename,
+        drop=lambda key: key.startswith(tuple(_DROPPED)),
+        what=f"VAN ImageNet checkpoint for {type(model).__name__} (a different VAN variant?)",
+    )
 
 
 register_layout(
