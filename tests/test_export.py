@@ -1,11 +1,12 @@
 """ONNX / torch.export graphs match eager PyTorch; full-resolution argmax without full-res logits."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightseg.engine.export import OrtRunner, export_onnx, export_pt2
+from lightseg.engine.export import OrtRunner, export_onnx, export_pt2, quantize_onnx_int8
 from lightseg.engine.predict import upsample_argmax
 from lightseg.models import create_model, list_models
 
@@ -32,6 +33,10 @@ def test_cgrseg_t_onnx_matches_eager(cgrseg_t, tmp_path):
     assert got.shape == (1, 11, 32, 24)  # stride 8
     assert np.abs(got - ref).max() <= 1e-4
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
+    # Opset 20: each of CGRSeg-T's 57 GELUs is one Gelu node (at opset 18 the exporter writes
+    # Div/Erf/Add/Mul/Mul, which ONNX Runtime does not fuse), and every BN is folded away.
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Gelu") == 57 and "Erf" not in ops and "BatchNormalization" not in ops
 
 
 def test_cgrseg_t_uint8_argmax_graph_equals_eager(cgrseg_t, tmp_path):
@@ -94,3 +99,82 @@ def test_upsample_argmax_equals_direct(shape, size, crop, smooth):
     got = upsample_argmax(logits, size, crop)
     assert got.shape == ref.shape
     assert (got == ref).float().mean().item() >= 0.9999
+
+
+def test_int8_quantises_convs_only_and_stays_close(cgrseg_t, shared_data, tmp_path):
+    from lightseg.engine.bench import image_batches
+
+    test_dir = shared_data / "camvid" / "test"
+    calib = image_batches([str(test_dir)], (128, 128), 2)  # real images, normalised, 1 x 3 x H x W
+    fp32 = export_onnx(cgrseg_t, tmp_path / "f.onnx", (128, 128))
+    int8 = quantize_onnx_int8(fp32, tmp_path / "q.onnx", calib)
+    graph = onnx.load(str(int8)).graph
+    weights = {t.name for t in graph.initializer}
+    int8_weights = {
+        o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights for o in n.output
+    }
+    # Only convolutions get int8 weights (GELU, Mul, Add, MatMul, Softmax stay fp32) ...
+    assert {n.op_type for n in graph.node if int8_weights & set(n.input)} == {"Conv"}
+    # ... and no Softmax output is re-quantised (ORT would fuse that into a slow QLinearSoftmax):
+    # the talking-head conv reading it keeps fp32 weights.
+    softmax_out = {o for n in graph.node if n.op_type == "Softmax" for o in n.output}
+    assert softmax_out and not any(
+        n.op_type == "QuantizeLinear" and n.input[0] in softmax_out for n in graph.node
+    )
+    heads = [n for n in graph.node if n.op_type == "Conv" and softmax_out & set(n.input)]
+    assert heads and all(n.input[1] in weights for n in heads)
+    # The first conv (reads the image) and the classifier (writes the logits) stay fp32 too.
+    ends = [n for n in graph.node if n.op_type == "Conv" and {"image", "logits"} & {*n.input, *n.output}]
+    assert len(ends) == 2 and all(n.input[1] in weights for n in ends)
+    x = image_batches([str(sorted(test_dir.glob("*.png"))[-1])], (128, 128), 1)[0]
+    a, b = OrtRunner(fp32)(x), OrtRunner(int8)(x)
+    # Random weights (tiny, near-uniform logits), so no accuracy claim here (the benchmark measures
+    # CamVid mIoU with trained weights): the int8 logits follow the fp32 ones. Wrong scales or zero
+    # points give a correlation near 0.
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.9
+
+
+def test_fold_channel_scales_is_exact_and_leaves_shared_tensors_alone():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lightseg.engine.export import fold_channel_scales
+
+    rng = np.random.default_rng(0)
+    init = {
+        "w1": rng.standard_normal((3, 4, 3, 3)).astype(np.float32),
+        "w2": rng.standard_normal((3, 4, 1, 1)).astype(np.float32),
+        "b": rng.standard_normal(3).astype(np.float32),  # shared by both convs
+        "s": rng.standard_normal((3, 1, 1)).astype(np.float32),  # per channel: folds
+        "t": np.array([0.5], np.float32),  # not per output channel: left as a Mul
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["s", "c1"], ["m1"]),
+        helper.make_node("Conv", ["x", "w2", "b"], ["c2"]),
+        helper.make_node("Mul", ["c2", "t"], ["m2"]),
+        helper.make_node("Add", ["m1", "m2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [numpy_helper.from_array(v, k) for k, v in init.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+
+    def run(p):
+        sess = ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})[0]
+
+    ref = run(proto)
+    assert fold_channel_scales(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "Conv", "Mul", "Add"]
+    np.testing.assert_allclose(run(proto), ref, rtol=1e-5, atol=1e-5)
+    # The second conv still reads the original, unscaled shared bias.
+    conv2 = proto.graph.node[1]
+    assert conv2.input[2] == "b"
+    b = next(t for t in proto.graph.initializer if t.name == "b")
+    np.testing.assert_array_equal(numpy_helper.to_array(b), init["b"])

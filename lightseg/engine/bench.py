@@ -74,19 +74,23 @@ def time_fn(
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], warmup: int = 3, runs: int = 20
+    fns: dict[str, Callable[[], Any]], warmup: int = 2, runs: int = 20, block: int = 5
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function, timed round-robin (one call of each per round) so that
-    paths compared side by side see the same drift in machine load; ``warmup`` untimed rounds."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+    """Seconds per call of each function, timed in rotating blocks: each round runs every
+    function ``warmup`` times untimed, then ``block`` times timed, until each has ``runs`` timings.
+    Paths compared side by side thus see the same drift in machine load, while the untimed calls
+    at the start of each block absorb the previous path's thread pools still spinning (ONNX
+    Runtime and OpenMP workers busy-wait after a run: on 2 cores, strict one-call round-robin
+    charged that to the next path)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
+    while any(len(t) < runs for t in times.values()):
         for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
+            for _ in range(warmup):
+                fn()
+            for _ in range(min(block, runs - len(times[k]))):
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
     return times
 
 
