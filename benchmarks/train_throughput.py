@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lightseg.engine import optim as optim_lib
-from lightseg.engine.bench import environment, summarize, time_fn
+from lightseg.engine.bench import environment, peak_rss_mb, summarize, time_fn
 from lightseg.losses import build_seg_loss
 from lightseg.models import create_model
 
@@ -49,8 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    # ru_maxrss (KiB on Linux): the whole process's peak resident memory.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return peak_rss_mb()
 
 
 def main(argv: list[str]) -> int:

@@ -101,6 +101,15 @@ class Scan:
     missing_masks: list[Path] = field(default_factory=list)  # images without a mask
     missing_images: list[Path] = field(default_factory=list)  # masks without an image
 
+    def add_listed(self, img: Path, mask: Path) -> None:
+        """File a pair named by a split list: a pair, or whichever side is missing."""
+        if not img.is_file():
+            self.missing_images.append(mask if mask.is_file() else img)
+        elif not mask.is_file():
+            self.missing_masks.append(img)
+        else:
+            self.pairs.append((img, mask))
+
 
 def list_files(folder: Path, suffixes: Iterable[str], recursive: bool = False) -> list[Path]:
     """Files of ``folder`` (optionally recursive) whose name ends with one of ``suffixes``, sorted."""

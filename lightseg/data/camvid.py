@@ -57,12 +57,7 @@ class CamVid(SegDataset):
             if len(parts) != 2:
                 raise DataError(f"{list_file}:{n}: expected '<image> <mask>', got {line!r}")
             img, mask = (self.root / p.removeprefix(_LIST_PREFIX).lstrip("/") for p in parts)
-            if not img.is_file():
-                scan.missing_images.append(mask if mask.is_file() else img)
-            elif not mask.is_file():
-                scan.missing_masks.append(img)
-            else:
-                scan.pairs.append((img, mask))
+            scan.add_listed(img, mask)
         return scan
 
     def convert_mask(self, raw: np.ndarray, mask_path: Path) -> np.ndarray:

@@ -63,12 +63,7 @@ class PascalContext60(SegDataset):
         for name in list_file.read_text().split():
             img = self.root / "JPEGImages" / f"{name}.jpg"
             mask = self.root / "SegmentationClassContext" / f"{name}.png"
-            if not img.is_file():
-                scan.missing_images.append(mask if mask.is_file() else img)
-            elif not mask.is_file():
-                scan.missing_masks.append(img)
-            else:
-                scan.pairs.append((img, mask))
+            scan.add_listed(img, mask)
         return scan
 
 

@@ -105,7 +105,7 @@ def summarize(times: Sequence[float], batch: int) -> dict[str, float]:
     }
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux: the process's peak, which includes everything before this run.
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -220,7 +220,7 @@ def bench(
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = time_fn(lambda: run(x), warmup, runs, sync)
-    mem = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else _peak_rss_mb()
+    mem = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else peak_rss_mb()
     return {
         "model": getattr(model, "model_name", type(model).__name__),
         "size": f"{int(size[0])}x{int(size[1])}",
