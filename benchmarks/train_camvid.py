@@ -1,9 +1,11 @@
-"""Train CGRSeg-T from scratch on CamVid 480x360 with recipes/cgrseg-t_camvid-360x480_cpu.yaml, evaluate
+"""Train a model on CamVid 480x360 with one of the recipes/*_camvid-360x480_cpu.yaml recipes, evaluate
 on the 233 test images, and write a results JSON (mIoU, per-class IoU, wall time, images/s, hardware).
 
-    python benchmarks/train_camvid.py [--section.field value ...]
+    python benchmarks/train_camvid.py [--recipe recipes/X.yaml] [--section.field value ...]
 
-Measured: 53.7% mIoU in 74 min with one torch thread on a 2-core AMD EPYC VM (OMP_NUM_THREADS=1). Output: benchmarks/results/camvid_cgrseg-t_<hardware>.json.
+The default recipe is CGRSeg-T from scratch: 53.7% mIoU in 74 min with one torch thread on a 2-core AMD
+EPYC VM (OMP_NUM_THREADS=1). Output: benchmarks/results/camvid_<recipe model>_<hardware>.json;
+benchmarks/camvid_table.py gathers every such file into one comparison table.
 """
 
 from __future__ import annotations
@@ -29,8 +31,22 @@ def hardware() -> str:
     return f"cpu{os.cpu_count()}-{platform.machine()}"
 
 
+DEFAULT_RECIPE = ROOT / "recipes" / "cgrseg-t_camvid-360x480_cpu.yaml"
+
+
+def split_recipe_arg(argv: list[str]) -> tuple[Path, list[str]]:
+    """Take ``--recipe PATH`` out of ``argv``; the rest are config overrides."""
+    if "--recipe" not in argv:
+        return DEFAULT_RECIPE, argv
+    i = argv.index("--recipe")
+    if i + 1 >= len(argv):
+        raise SystemExit("--recipe needs a path")
+    return Path(argv[i + 1]), argv[:i] + argv[i + 2 :]
+
+
 def main(argv: list[str]) -> int:
-    cfg = load_config(ROOT / "recipes" / "cgrseg-t_camvid-360x480_cpu.yaml", argv)
+    recipe, overrides = split_recipe_arg(argv)
+    cfg = load_config(recipe, overrides)
     if not Path(cfg.data.root).is_absolute():
         cfg.data.root = str((ROOT / cfg.data.root).resolve())
     cfg.run.work_dir = str(ROOT / cfg.run.work_dir)
@@ -41,6 +57,7 @@ def main(argv: list[str]) -> int:
     out = {
         "dataset": "CamVid 480x360 (train 367 / test 233)",
         "model": cfg.model.name,
+        "recipe": str(recipe.resolve().relative_to(ROOT)) if recipe.resolve().is_relative_to(ROOT) else str(recipe),
         "iterations": result["iteration"],
         "batch_size": cfg.train.batch_size,
         "crop_size": cfg.data.crop_size,
@@ -53,7 +70,7 @@ def main(argv: list[str]) -> int:
         "hardware": {"device": hardware(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "config": cfg.to_dict(),
     }
-    path = ROOT / "benchmarks" / "results" / f"camvid_cgrseg-t_{hardware()}.json"
+    path = ROOT / "benchmarks" / "results" / f"camvid_{recipe.stem.split('_')[0]}_{hardware()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"mIoU {metrics['mIoU']:.2f} in {wall / 60:.1f} min -> {path}")
