@@ -39,7 +39,9 @@ def load_results(hardware: str) -> list[dict[str, Any]]:
     files = sorted(RESULTS.glob(f"camvid_*_{hardware}.json"))
     rows = [json.loads(f.read_text()) | {"file": f.name} for f in files if "table" not in f.name]
     if not rows:
-        raise SystemExit(f"no benchmarks/results/camvid_*_{hardware}.json: run benchmarks/train_camvid.py first")
+        raise SystemExit(
+            f"no benchmarks/results/camvid_*_{hardware}.json: run benchmarks/train_camvid.py first"
+        )
     return sorted(rows, key=lambda r: -r["mIoU"])
 
 
@@ -66,7 +68,9 @@ def latencies(names: list[str], threads: int, runs: int) -> dict[str, dict[str, 
     for name in names:
         model = create_model(name, num_classes=NUM_CLASSES).eval()
         for key, kw in PATHS.items():
-            run = make_runner(model, EVAL_SIZE, runtime=kw["runtime"], optimize=kw["optimize"], threads=threads)
+            run = make_runner(
+                model, EVAL_SIZE, runtime=kw["runtime"], optimize=kw["optimize"], threads=threads
+            )
             fns[(name, key)] = lambda run=run: run(x)
     times = time_interleaved(fns, warmup=2, runs=runs)
     out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
@@ -101,7 +105,9 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     lines += ["", "Per-class IoU (%):", "", "| model | " + " | ".join(classes) + " |"]
     lines.append("|---|" + "---|" * len(classes))
     for r in rows:
-        lines.append(f"| {r['model']} | " + " | ".join(f"{r['per_class_IoU'][c]:.1f}" for c in classes) + " |")
+        lines.append(
+            f"| {r['model']} | " + " | ".join(f"{r['per_class_IoU'][c]:.1f}" for c in classes) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     out = {
         "dataset": "CamVid 480x360 (train 367 / test 233)",
         "model": cfg.model.name,
-        "recipe": str(recipe.resolve().relative_to(ROOT)) if recipe.resolve().is_relative_to(ROOT) else str(recipe),
+        "recipe": os.path.relpath(recipe.resolve(), ROOT),
         "iterations": result["iteration"],
         "batch_size": cfg.train.batch_size,
         "crop_size": cfg.data.crop_size,
