@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightseg.engine.bench import environment, image_batches, make_runner, summarize, time_interleaved
+from lightseg.engine.bench import (
+    environment,
+    image_batches,
+    make_runner,
+    summarize,
+    time_fn,
+    time_interleaved,
+)
 from lightseg.engine.predict import upsample_argmax
 from lightseg.models import create_model
 
@@ -135,6 +143,57 @@ def time_paths(parts, size, threads: int, warmup: int, runs: int) -> list[list[d
         out[p].append(r)
         print(f"{label:70s} {r['output']:13s} {r['median_ms']:8.1f} ms", file=sys.stderr, flush=True)
     return out
+
+
+def time_isolated(args, rows, size) -> list[dict[str, Any]]:
+    """Part A with every path timed in its own fresh process (``--isolate``): no thread pool of one
+    path (OpenMP, ONNX Runtime) is alive while another is timed. The graphs are exported once into
+    a shared directory first; then ``--rounds`` rounds run one process per path, the order reversed
+    every other round so that drift in machine load hits all paths alike."""
+    cache = Path(tempfile.mkdtemp(prefix="lightseg-isolate-"))
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=args.num_classes).eval()
+    for _, kw in rows:
+        if kw["runtime"] == "onnxruntime":  # export (and quantise) once, here
+            make_runner(model, size, 1, threads=args.threads, onnx_path=cache, **kw)
+    times: dict[str, list[float]] = {label: [] for label, _ in rows}
+    per_round = -(-args.runs // args.rounds)
+    for r in range(args.rounds):
+        for label, kw in rows if r % 2 == 0 else rows[::-1]:
+            spec = {k: v for k, v in kw.items() if k != "calibration"}
+            child = {
+                "model": args.model,
+                "num_classes": args.num_classes,
+                "size": list(size),
+                "threads": args.threads,
+                "warmup": args.warmup + 1,
+                "runs": per_round,
+                "cache": str(cache),
+                "runner": spec,
+            }
+            cmd = [sys.executable, __file__, "--child", json.dumps(child)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"timing {label!r} failed:\n{done.stderr[-2000:]}")
+            times[label] += json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
+    out = []
+    for label, kw in rows:
+        r = {"path": label, "precision": kw.get("precision", "fp32"), "output": kw["output"]}
+        out.append(r | {"size": f"{size[0]}x{size[1]}", **summarize(times[label], 1)})
+    return out
+
+
+def child_timing(spec: dict[str, Any]) -> int:
+    """The ``--child`` side of :func:`time_isolated`: build one path, time it, print the seconds."""
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    model = create_model(spec["model"], num_classes=spec["num_classes"]).eval()
+    size = tuple(spec["size"])
+    run = make_runner(model, size, 1, threads=spec["threads"], onnx_path=spec["cache"], **spec["runner"])
+    x = torch.randn(1, 3, *size)
+    print(json.dumps(time_fn(lambda: run(x), spec["warmup"], spec["runs"])))
+    return 0
 
 
 class _OrtLogits:
@@ -248,6 +307,32 @@ def targets(speed: list[dict], full: list[dict], acc: dict | None) -> dict[str, 
     return s
 
 
+def command_line(args) -> str:
+    """The command that reproduces this run (the weights path stands for a CamVid checkpoint)."""
+    cmd = (
+        f"python benchmarks/inference_cpu.py --model {args.model} --threads {args.threads} --runs {args.runs}"
+    )
+    if args.isolate:
+        cmd += f" --isolate --rounds {args.rounds}"
+    if args.weights:
+        cmd += " --weights <CamVid checkpoint>"
+    return cmd + (" --no-accuracy" if args.no_accuracy else "")
+
+
+def how_timed(args) -> str:
+    blocks = (
+        f"in rotating blocks of 5 runs, each block after {args.warmup} untimed runs "
+        f"({args.runs} timed runs per path), so load drift hits all paths alike"
+    )
+    if not args.isolate:
+        return f"every path built first, then timed in one process {blocks}."
+    return (
+        f"part A: every path timed in its own fresh process, {args.rounds} processes per path "
+        f"(order reversed every other round), {args.warmup + 1} untimed then "
+        f"{-(-args.runs // args.rounds)} timed runs each; part B: in one process {blocks}."
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="cgrseg_t")
@@ -262,7 +347,12 @@ def main() -> int:
     p.add_argument("--no-int8", action="store_true")
     p.add_argument("--no-accuracy", action="store_true")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    p.add_argument("--isolate", action="store_true", help="time each part-A path in its own process")
+    p.add_argument("--rounds", type=int, default=4, help="with --isolate: processes per path")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        return child_timing(json.loads(args.child))
     torch.set_num_threads(args.threads)
     size = tuple(args.size)
     have_data = bool(_names("train")) and not args.no_int8
@@ -271,7 +361,7 @@ def main() -> int:
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.num_classes).eval()
     x = torch.randn(1, 3, *size)
-    parts = [(model, x, speed_rows(model, calib))]
+    parts = [] if args.isolate else [(model, x, speed_rows(model, calib))]
     trained, acc = None, None
     if args.weights:
         from lightseg import load_checkpoint
@@ -280,6 +370,8 @@ def main() -> int:
         image = torch.from_numpy(image_batches([str(DATA / "test" / _names("test")[0])], size, 1)[0])
         parts.append((trained, image, full_res_rows(calib)))
     timed = time_paths(parts, size, args.threads, args.warmup, args.runs)
+    if args.isolate:
+        timed.insert(0, time_isolated(args, speed_rows(model, calib), size))
     speed, full = timed[0], (timed[1] if args.weights else [])
     if trained is not None and not args.no_accuracy:
         acc = accuracy_part(trained, args.threads, args.eval_images, args.calib)
@@ -302,11 +394,7 @@ def main() -> int:
         "",
         " · ".join(f"{k}: {v}" for k, v in env.items()) + (f" · note: {args.note}" if args.note else ""),
         "",
-        f"Produced by `python benchmarks/inference_cpu.py --threads {args.threads} --runs {args.runs}"
-        + (" --weights <CamVid checkpoint>`" if args.weights else "`")
-        + f"; every path built first, then timed in one process in rotating blocks of 5 runs, each "
-        f"block after {args.warmup} untimed runs ({args.runs} timed runs per path), so load drift "
-        "hits all paths alike.",
+        f"Produced by `{command_line(args)}`; " + how_timed(args),
         "`output`: `logits` = N x K x H/8 x W/8 logits; `argmax` = H x W labels via "
         "`upsample_argmax` on the stride-8 logits (timed); `argmax-graph` = uint8 labels computed in "
         "the ONNX graph (Resize + ArgMax).",

@@ -130,6 +130,9 @@ def make_runner(
     ``calibration``: N x 3 x H x W normalised real images). ``optimize`` for ORT: ``none`` exports
     the model as it is with ``torch.onnx.export``'s defaults (the naive baseline); anything else
     folds BN, fixes attention biases and exports at opset 20 (one ``Gelu`` op per GELU).
+    ``onnx_path``: a directory for the exported files (default: a new temporary one); a file that
+    is already there for this model, size and path is reused, so a benchmark can export once and
+    time the graph in several processes.
     """
     from lightseg.engine.export import InferenceGraph, OrtRunner, export_onnx, quantize_onnx_int8
     from lightseg.fuse import optimize_for_inference
@@ -141,26 +144,30 @@ def make_runner(
     h, w = int(size[0]), int(size[1])
     if runtime == "onnxruntime":
         graph_out = {"argmax": "logits", "argmax-graph": "argmax"}.get(output, output)
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
+        name = getattr(model, "model_name", type(model).__name__)
         path = (
             Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-"))
-            / f"model_{optimize}_{graph_out}.onnx"
+            / f"{name}_{h}x{w}_b{batch}_{optimize}_{graph_out}.onnx"
         )
+        int8_path = path.with_name(path.stem + "_int8.onnx")
         naive = optimize == "none"
-        export_onnx(
-            model,
-            path,
-            (h, w),
-            batch=batch,
-            output=graph_out,
-            optimize="none" if naive else "fold-bn",
-            opset=None if naive else 20,  # naive: torch.onnx.export's defaults (opset 18)
-        )
-        if precision == "int8":
+        if not path.is_file():
+            export_onnx(
+                model,
+                path,
+                (h, w),
+                batch=batch,
+                output=graph_out,
+                optimize="none" if naive else "fold-bn",
+                opset=None if naive else 20,  # naive: torch.onnx.export's defaults (opset 18)
+            )
+        if precision == "int8" and not int8_path.is_file():
             if not calibration:
                 raise ValueError("precision int8 needs calibration images")
-            path = quantize_onnx_int8(path, path.with_name(path.stem + "_int8.onnx"), calibration)
-        elif precision != "fp32":
-            raise ValueError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
+            quantize_onnx_int8(path, int8_path, calibration)
+        path = int8_path if precision == "int8" else path
         ort = OrtRunner(path, threads=threads)
         if output == "argmax":
             return lambda x: upsample_argmax(torch.from_numpy(ort(x)), (h, w))
