@@ -178,3 +178,17 @@ def test_fold_channel_scales_is_exact_and_leaves_shared_tensors_alone():
     assert conv2.input[2] == "b"
     b = next(t for t in proto.graph.initializer if t.name == "b")
     np.testing.assert_array_equal(numpy_helper.to_array(b), init["b"])
+
+
+def test_bench_runner_reuses_an_exported_graph(cgrseg_t, tmp_path):
+    from lightseg.engine.bench import make_runner
+
+    x = torch.randn(1, 3, 64, 64)
+    first = make_runner(cgrseg_t, (64, 64), runtime="onnxruntime", onnx_path=tmp_path, threads=1)
+    (path,) = tmp_path.glob("*.onnx")
+    stamp = path.stat().st_mtime_ns
+    again = make_runner(cgrseg_t, (64, 64), runtime="onnxruntime", onnx_path=tmp_path, threads=1)
+    assert path.stat().st_mtime_ns == stamp  # reused, not exported again
+    with torch.no_grad():
+        ref = cgrseg_t(x).numpy()
+    assert np.abs(first(x) - ref).max() <= 1e-4 and np.array_equal(first(x), again(x))
