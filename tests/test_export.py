@@ -5,6 +5,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import trained_like_norms
 
 from lightseg.engine.export import OrtRunner, export_onnx, export_pt2, quantize_onnx_int8
 from lightseg.engine.predict import upsample_argmax
@@ -53,9 +54,7 @@ def test_cgrseg_t_uint8_argmax_graph_equals_eager(cgrseg_t, tmp_path):
 @pytest.mark.parametrize("name", list_models(kind="segmentor"))
 def test_every_segmentor_exports(name, tmp_path):
     torch.manual_seed(0)
-    model = create_model(
-        name, num_classes=5, **({"pooling": "avg"} if name.startswith("frm_") else {})
-    ).eval()
+    model = trained_like_norms(create_model(name, num_classes=5))  # FRM: no polyphase ties
     size = (64, 64)
     x = torch.randn(1, 3, *size)
     got = OrtRunner(export_onnx(model, tmp_path / "m.onnx", size))(x)

@@ -3,23 +3,11 @@ equal to eager for every registered segmentor."""
 
 import pytest
 import torch
+from helpers import trained_like_norms
 from torch import nn
 
 from lightseg.fuse import fold_bn, optimize_for_inference
 from lightseg.models import create_model, list_models
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    # Fresh BNs are identities; random statistics make a wrong fold visible.
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model.eval()
 
 
 class _Pairs(nn.Module):
@@ -52,7 +40,7 @@ class _Branch(nn.Module):
 
 
 def test_fold_hand_made_pairs():
-    m = _randomise_bn(_Pairs())
+    m = trained_like_norms(_Pairs())
     x = torch.randn(2, 3, 16, 16)
     f, report = fold_bn(m)
     assert sorted(report.folded) == ["bn", "pre"]
@@ -77,7 +65,7 @@ def test_fold_conv_bn_matches_closed_form():
 
 
 def test_no_fold_when_conv_output_is_shared():
-    m = _randomise_bn(_Branch())
+    m = trained_like_norms(_Branch())
     f, report = fold_bn(m)
     assert report.folded == []
     x = torch.randn(1, 4, 8, 8)
@@ -96,7 +84,7 @@ def test_no_fold_into_module_called_twice():
             x = x[:, :4].repeat(1, 1, 1, 1) if x.shape[1] == 4 else torch.cat([x, x[:, :1]], 1)
             return self.conv(self.bn(self.conv(x)))
 
-    m = _randomise_bn(Twice())
+    m = trained_like_norms(Twice())
     f, report = fold_bn(m)
     assert report.folded == []
     x = torch.randn(1, 3, 8, 8)
@@ -113,11 +101,8 @@ _LARGE = {"cgrseg_b", "cgrseg_l", "frm_van_b1", "frm_van_b2"}
 )
 def test_folded_equals_eager_for_every_segmentor(name):
     torch.manual_seed(0)
-    # FRM's adaptive polyphase pooling picks the component with the largest norm; at random init
-    # the four norms tie to ~1e-7, so any rounding (folding included) flips the pick. Average pooling
-    # keeps the comparison about folding.
-    kwargs = {"pooling": "avg"} if name.startswith("frm_") else {}
-    model = _randomise_bn(create_model(name, num_classes=7, **kwargs))
+    # Trained-like norms: FRM's polyphase pooling (the default) then has no exact ties to flip.
+    model = trained_like_norms(create_model(name, num_classes=7))
     d = int(model.size_divisor)
     x = torch.randn(1, 3, 2 * d, 3 * d)
     with torch.no_grad():
