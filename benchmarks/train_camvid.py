@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,13 @@ def hardware() -> str:
 
 
 DEFAULT_RECIPE = ROOT / "recipes" / "cgrseg-t_camvid-360x480_cpu.yaml"
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the data-loader workers): the compute
+    budget a run used, comparable between runs that shared the cores (wall time is not)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def split_recipe_arg(argv: list[str]) -> tuple[Path, list[str]]:
@@ -66,6 +74,7 @@ def main(argv: list[str]) -> int:
         "aAcc": metrics["aAcc"],
         "per_class_IoU": {k: v["IoU"] for k, v in metrics["per_class"].items()},
         "wall_time_s": wall,
+        "cpu_time_s": cpu_seconds(),
         "train_images_per_s": result["iteration"] * cfg.train.batch_size / wall,
         "hardware": {"device": hardware(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "config": cfg.to_dict(),
