@@ -90,14 +90,18 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "",
         " · ".join(f"{k}: {v}" for k, v in env.items()),
         "",
-        "| model | initialisation | iterations | train time (min) | mIoU | mAcc | aAcc | params (M) "
+        "`wall` is the training's wall time, `CPU` the CPU time it used (main process and data-loader",
+        "workers; runs that shared the two cores have a longer wall time for the same CPU time).",
+        "",
+        "| model | initialisation | iterations | wall (min) | CPU (min) | mIoU | mAcc | aAcc | params (M) "
         "| GMACs paper | GMACs all | eager fold-bn (ms) | ORT fp32 (ms) | recipe |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lat = r["latency"]
+        cpu = f"{r['cpu_time_s'] / 60:.0f}" if r.get("cpu_time_s") else "—"
         lines.append(
-            f"| {r['model']} | {r['init']} | {r['iterations']} | {r['wall_time_s'] / 60:.0f} "
+            f"| {r['model']} | {r['init']} | {r['iterations']} | {r['wall_time_s'] / 60:.0f} | {cpu} "
             f"| {r['mIoU']:.2f} | {r['mAcc']:.2f} | {r['aAcc']:.2f} | {r['params_M']} | {r['GMACs_paper']} "
             f"| {r['GMACs_all']} | {lat['eager_ms']['median_ms']} | {lat['ort_ms']['median_ms']} | `{r['recipe']}` |"
         )
@@ -128,6 +132,7 @@ def main(argv: list[str]) -> int:
                 "init": initialisation(r),
                 "recipe": r.get("recipe", "recipes/cgrseg-t_camvid-360x480_cpu.yaml"),
                 **{k: r[k] for k in ("iterations", "wall_time_s", "mIoU", "mAcc", "aAcc", "per_class_IoU")},
+                "cpu_time_s": r.get("cpu_time_s"),
                 **model_costs(r["model"]),
                 "latency": lat[r["model"]],
             }
