@@ -7,7 +7,8 @@ evaluation feeds it (480x360 padded to 384x480), measured side by side in this r
 Latency: batch 1, random weights (they do not change the time), logits at the output stride; eager
 PyTorch with BN folded and ONNX Runtime on the optimised export, all paths timed interleaved in
 rotating blocks (``lightseg.engine.bench.time_interleaved``) so load drift hits every model alike.
-Writes benchmarks/results/camvid_table_<hardware>.{json,md}.
+A results file's optional ``"note"`` is printed under the table. Writes
+benchmarks/results/camvid_table_<hardware>.{json,md}.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
             f"| {r['mIoU']:.2f} | {r['mAcc']:.2f} | {r['aAcc']:.2f} | {r['params_M']} | {r['GMACs_paper']} "
             f"| {r['GMACs_all']} | {lat['eager_ms']['median_ms']} | {lat['ort_ms']['median_ms']} | `{r['recipe']}` |"
         )
+    notes = [f"- {r['model']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
     classes = list(rows[0]["per_class_IoU"])
     lines += ["", "Per-class IoU (%):", "", "| model | " + " | ".join(classes) + " |"]
     lines.append("|---|" + "---|" * len(classes))
@@ -133,6 +137,7 @@ def main(argv: list[str]) -> int:
                 "recipe": r.get("recipe", "recipes/cgrseg-t_camvid-360x480_cpu.yaml"),
                 **{k: r[k] for k in ("iterations", "wall_time_s", "mIoU", "mAcc", "aAcc", "per_class_IoU")},
                 "cpu_time_s": r.get("cpu_time_s"),
+                "note": r.get("note", ""),
                 **model_costs(r["model"]),
                 "latency": lat[r["model"]],
             }
