@@ -126,8 +126,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=int, default=20)
     args = p.parse_args(argv)
     results = load_results(args.hardware)
-    names = [r["model"] for r in results]
+    names = list(dict.fromkeys(r["model"] for r in results))  # a model may have several runs
     lat = latencies(names, args.threads, args.runs)
+    costs = {name: model_costs(name) for name in names}
     rows = []
     for r in results:
         rows.append(
@@ -138,7 +139,7 @@ def main(argv: list[str]) -> int:
                 **{k: r[k] for k in ("iterations", "wall_time_s", "mIoU", "mAcc", "aAcc", "per_class_IoU")},
                 "cpu_time_s": r.get("cpu_time_s"),
                 "note": r.get("note", ""),
-                **model_costs(r["model"]),
+                **costs[r["model"]],
                 "latency": lat[r["model"]],
             }
         )

@@ -1,6 +1,7 @@
 """CPU inference benchmark of CGRSeg-T: every inference path side by side in one run (issue 6).
 
-Three parts, all in one process so that machine load hits every path alike:
+Three parts, timed side by side so that machine load hits every path alike (in one process, or with
+``--isolate`` part A in one fresh process per path):
 
 A. Speed, the issue's setting: random-init weights, 150 classes, 512x512, batch 1. Eager unfused
    (the reference structure), eager with BN folded, bf16, the naive ONNX Runtime export
@@ -108,6 +109,17 @@ def full_res_rows(calib) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+def result_row(label: str, kw: dict[str, Any], times: list[float], size) -> dict[str, Any]:
+    """One table row: what was timed and its latency summary."""
+    return {
+        "path": label,
+        "precision": kw.get("precision", "fp32"),
+        "output": kw["output"],
+        "size": f"{size[0]}x{size[1]}",
+        **summarize(times, 1),
+    }
+
+
 def time_paths(parts, size, threads: int, warmup: int, runs: int) -> list[list[dict[str, Any]]]:
     """Build every runner first, then time them in rotating blocks of 5 runs (``time_interleaved``),
     so that a drift in machine load hits every path alike. ``parts``: [(model, input, rows), ...]."""
@@ -132,14 +144,7 @@ def time_paths(parts, size, threads: int, warmup: int, runs: int) -> list[list[d
     times = time_interleaved(fns, warmup, runs, block=5)
     out: list[list[dict[str, Any]]] = [[] for _ in parts]
     for (p, label), t in times.items():
-        kw = meta[(p, label)]
-        r = {
-            "path": label,
-            "precision": kw.get("precision", "fp32"),
-            "output": kw["output"],
-            "size": f"{size[0]}x{size[1]}",
-            **summarize(t, 1),
-        }
+        r = result_row(label, meta[(p, label)], t, size)
         out[p].append(r)
         print(f"{label:70s} {r['output']:13s} {r['median_ms']:8.1f} ms", file=sys.stderr, flush=True)
     return out
@@ -177,11 +182,7 @@ def time_isolated(args, rows, size) -> list[dict[str, Any]]:
                 raise RuntimeError(f"timing {label!r} failed:\n{done.stderr[-2000:]}")
             times[label] += json.loads(done.stdout.strip().splitlines()[-1])
             print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-    out = []
-    for label, kw in rows:
-        r = {"path": label, "precision": kw.get("precision", "fp32"), "output": kw["output"]}
-        out.append(r | {"size": f"{size[0]}x{size[1]}", **summarize(times[label], 1)})
-    return out
+    return [result_row(label, kw, times[label], size) for label, kw in rows]
 
 
 def child_timing(spec: dict[str, Any]) -> int:
