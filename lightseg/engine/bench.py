@@ -123,6 +123,7 @@ def make_runner(
     precision: str = "fp32",
     onnx_path: str | os.PathLike | None = None,
     calibration: Sequence[Any] | None = None,
+    opset: int | None = None,
 ) -> Callable[[torch.Tensor], Any]:
     """A function ``run(x)`` computing ``output`` for a batch ``x`` with the chosen path.
 
@@ -130,6 +131,7 @@ def make_runner(
     ``calibration``: N x 3 x H x W normalised real images). ``optimize`` for ORT: ``none`` exports
     the model as it is with ``torch.onnx.export``'s defaults (the naive baseline); anything else
     folds BN, fixes attention biases and exports at opset 20 (one ``Gelu`` op per GELU).
+    ``opset`` overrides the ONNX opset of either export (benchmarks compare older spellings).
     ``onnx_path``: a directory for the exported files (default: a new temporary one); a file that
     is already there for this model, size and path is reused, so a benchmark can export once and
     time the graph in several processes.
@@ -147,9 +149,10 @@ def make_runner(
         if precision not in ("fp32", "int8"):
             raise ValueError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
         name = getattr(model, "model_name", type(model).__name__)
+        suffix = f"_opset{opset}" if opset else ""
         path = (
             Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-"))
-            / f"{name}_{h}x{w}_b{batch}_{optimize}_{graph_out}.onnx"
+            / f"{name}_{h}x{w}_b{batch}_{optimize}_{graph_out}{suffix}.onnx"
         )
         int8_path = path.with_name(path.stem + "_int8.onnx")
         naive = optimize == "none"
@@ -161,7 +164,8 @@ def make_runner(
                 batch=batch,
                 output=graph_out,
                 optimize="none" if naive else "fold-bn",
-                opset=None if naive else 20,  # naive: torch.onnx.export's defaults (opset 18)
+                # naive: torch.onnx.export's defaults (opset 20 with torch 2.13)
+                opset=opset or (None if naive else 20),
             )
         if precision == "int8" and not int8_path.is_file():
             if not calibration:

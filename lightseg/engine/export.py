@@ -5,8 +5,8 @@ from the input, and the attention-bias tables are resized to the fixed grid once
 the batch dimension is optionally dynamic. The dynamo-based exporter is used: the legacy
 TorchScript exporter fails on ``adaptive_avg_pool2d`` to computed sizes.
 
-Opset 20 by default, not the exporter's default 18: opset 20 has a ``Gelu`` operator, at 18 the
-exporter spells each GELU as ``Div -> Erf -> Add -> Mul -> Mul``. ONNX Runtime's GeluFusion does not
+Opset 20, pinned (torch 2.13's exporter defaults to it too; older ones wrote 18): opset 20 has a
+``Gelu`` operator, at 18 the exporter spells each GELU as ``Div -> Erf -> Add -> Mul -> Mul``. ONNX Runtime's GeluFusion does not
 match that spelling (the 0.5 multiplies ``1 + erf`` before ``x``), so the 57 GELUs of CGRSeg-T ran as
 five memory-bound passes each, and because ``Erf`` has no NCHWc kernel every one of them also forced
 the blocked-layout convolutions around it to reorder to NCHW and back. Measured on CGRSeg-T, 512x512,
@@ -99,8 +99,8 @@ def export_onnx(
 
     ``optimize="fold-bn"`` folds BatchNorm and pre-resizes the attention biases to ``size``;
     ``"none"`` exports the model as it is. ``opset``: 20 (one ``Gelu`` node per GELU, see the module
-    docstring); ``None`` takes ``torch.onnx.export``'s default (18) — with ``optimize="none"`` that
-    is the "naive" export the benchmarks compare against.
+    docstring); ``None`` takes ``torch.onnx.export``'s default (20 with torch 2.13) — with
+    ``optimize="none"`` that is the "naive" export the benchmarks compare against.
     Returns the path. Needs the ``export`` extra (onnx, onnxscript).
     """
     if optimize == "compile":
