@@ -95,7 +95,14 @@ def test_upsample_argmax_equals_direct(shape, size, crop, smooth):
     ref = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
     if crop:
         ref = ref[:, : crop[0], : crop[1]]
-    got = upsample_argmax(logits, size, crop)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = upsample_argmax(logits, size, crop)
+        # The boundary pass runs on one thread; the caller's thread count comes back.
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert got.shape == ref.shape
     assert (got == ref).float().mean().item() >= 0.9999
 
