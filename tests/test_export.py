@@ -107,6 +107,34 @@ def test_upsample_argmax_equals_direct(shape, size, crop, smooth):
     assert (got == ref).float().mean().item() >= 0.9999
 
 
+def test_int8_falls_back_to_minmax_when_a_range_is_degenerate(tmp_path):
+    """An activation spread over a few float32 steps (0.035 + 1e-7 * x: as a random-init CGRSeg-T
+    gave at 64x64) breaks the percentile histogram (numpy: too many bins for the range of 2048
+    bins); min-max ranges still quantise the graph."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1 = numpy_helper.from_array(np.full((4, 3, 1, 1), 1e-7, np.float32), "w1")
+    b1 = numpy_helper.from_array(np.full(4, 0.035, np.float32), "b1")
+    w2 = numpy_helper.from_array(np.ones((2, 4, 1, 1), np.float32), "w2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w1", "b1"], ["y"]),
+            helper.make_node("Conv", ["y", "w2"], ["z"]),
+        ],
+        "degenerate",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [w1, b1, w2],
+    )
+    src = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), src)
+    batches = [np.random.default_rng(i).standard_normal((1, 3, 8, 8), dtype=np.float32) for i in range(2)]
+    with pytest.warns(UserWarning, match="using min-max ranges"):
+        dst = quantize_onnx_int8(src, tmp_path / "q.onnx", batches, keep_ends_fp32=False)
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert "QuantizeLinear" in ops and not (tmp_path / "q.pre.onnx").exists()
+
+
 def test_int8_quantises_convs_only_and_stays_close(cgrseg_t, shared_data, tmp_path):
     from lightseg.engine.bench import image_batches
 
@@ -198,3 +226,42 @@ def test_bench_runner_reuses_an_exported_graph(cgrseg_t, tmp_path):
     with torch.no_grad():
         ref = cgrseg_t(x).numpy()
     assert np.abs(first(x) - ref).max() <= 1e-4 and np.array_equal(first(x), again(x))
+
+
+def test_bench_cli_times_each_path_in_its_own_process(tmp_path, capsys):
+    import json
+
+    from lightseg.cli import main
+
+    argv = ["bench", "cgrseg_t", "--size", "64", "64", "--runs", "2", "--warmup", "1", "--threads", "1"]
+    argv += ["--runtime", "torch", "onnxruntime", "--format", "json", "--onnx-dir", str(tmp_path)]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["environment"]["paths_timed"] == "each in its own process"
+    rows = report["results"]
+    assert [(r["runtime"], r["optimize"], r["output"]) for r in rows] == [
+        ("torch", "fold-bn", "logits"),
+        ("onnxruntime", "fold-bn", "logits"),
+    ]
+    for r in rows:
+        assert r["runs"] == 2 and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        # The child's own peak (torch imported, model built), not what it inherited at fork.
+        assert 100 < r["peak_mem_mb"] < 2000
+    assert len(list(tmp_path.glob("*.onnx"))) == 1  # exported once, by the parent
+
+
+def test_bench_cli_int8_json_is_clean(shared_data, tmp_path, capsys):
+    import json
+
+    from lightseg.cli import main
+
+    argv = ["bench", "cgrseg_t", "--size", "64", "64", "--runs", "1", "--warmup", "0", "--no-isolate"]
+    argv += ["--runtime", "onnxruntime", "--precision", "int8", "--format", "json"]
+    torch.manual_seed(0)  # the CLI builds a random-init model
+    argv += ["--calibration", str(shared_data / "camvid" / "train"), "--calibration-count", "1"]
+    assert main(argv) == 0
+    # ONNX Runtime's calibrator prints progress; none of it may reach the JSON on stdout.
+    report = json.loads(capsys.readouterr().out)
+    assert report["environment"]["paths_timed"] == "in one process, one after another"
+    (row,) = report["results"]
+    assert row["precision"] == "int8" and row["runtime"] == "onnxruntime"

@@ -15,6 +15,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -106,8 +108,19 @@ def summarize(times: Sequence[float], batch: int) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux: the process's peak, which includes everything before this run.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """Peak resident memory of this process (MiB), including everything before this run.
+
+    Linux: ``VmHWM``, the peak of the current address space. ``ru_maxrss`` would be wrong for the
+    processes that ``lightseg bench`` starts: it keeps the parent's resident size at fork.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
 def make_runner(
@@ -295,6 +308,19 @@ def add_bench_args(p) -> None:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="time every path in this process, one after another (default: each path in its own "
+        "fresh process, so no thread pool or memory of one path affects another)",
+    )
+    p.add_argument(
+        "--onnx-dir",
+        default=None,
+        metavar="DIR",
+        help="where exported ONNX files are written and reused (default: a temporary directory)",
+    )
 
 
 def image_batches(inputs: Sequence[str], size: Sequence[int], count: int = 16) -> list[Any]:
@@ -328,35 +354,69 @@ def run_bench(args, rest: list[str]) -> int:
         if not args.calibration:
             raise ValueError("--precision int8 needs --calibration IMAGES (real images to calibrate on)")
         calibration = image_batches(args.calibration, args.size, args.calibration_count)
+    paths = [
+        {"runtime": r, "optimize": o, "output": x}
+        for r in args.runtime
+        for o in args.optimize
+        for x in args.output
+    ]
+    isolate = args.isolate
+    onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="lightseg-bench-")
+    common = {
+        "threads": args.threads,
+        "device": args.device,
+        "precision": args.precision,
+        "onnx_path": onnx_dir,
+    }
+    if calibration:
+        common["calibration"] = calibration
     results = []
     for name in args.models:
         model = create_model(name, num_classes=args.num_classes, weights=args.weights).eval()
-        for runtime in args.runtime:
-            for optimize in args.optimize:
-                for output in args.output:
-                    results.append(
-                        bench(
-                            model,
-                            args.size,
-                            args.batch,
-                            runtime=runtime,
-                            optimize=optimize,
-                            output=output,
-                            threads=args.threads,
-                            device=args.device,
-                            precision=args.precision,
-                            warmup=args.warmup,
-                            runs=args.runs,
-                            **({"calibration": calibration} if calibration else {}),
-                        )
-                    )
+        for path in paths:
+            if not isolate:
+                results.append(
+                    bench(model, args.size, args.batch, warmup=args.warmup, runs=args.runs, **common, **path)
+                )
+                continue
+            if path["runtime"] == "onnxruntime":  # export (and quantise) here: the child only runs
+                make_runner(model, args.size, args.batch, **common, **path)
+            results.append(_bench_in_child(args, name, path, onnx_dir))
     env = environment(args.threads, args.device)
+    env["paths_timed"] = "each in its own process" if isolate else "in one process, one after another"
     if args.format == "json":
         print(json.dumps({"environment": env, "results": results}, indent=2))
     else:
         print(" · ".join(f"{k}: {v}" for k, v in env.items()))
         print(format_table(results))
     return 0
+
+
+def _bench_in_child(args, model: str, path: dict[str, str], onnx_dir: str) -> dict[str, Any]:
+    """One path of ``lightseg bench`` timed by a fresh ``lightseg bench --no-isolate`` process."""
+    cmd = [sys.executable, "-m", "lightseg.cli", "bench", model, "--no-isolate", "--format", "json"]
+    cmd += [
+        "--size",
+        *map(str, args.size),
+        "--batch",
+        str(args.batch),
+        "--num-classes",
+        str(args.num_classes),
+    ]
+    cmd += ["--runtime", path["runtime"], "--optimize", path["optimize"], "--output", path["output"]]
+    cmd += ["--precision", args.precision, "--device", args.device, "--onnx-dir", onnx_dir]
+    cmd += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.weights:
+        cmd += ["--weights", str(args.weights)]
+    if args.calibration:
+        cmd += ["--calibration", *args.calibration, "--calibration-count", str(args.calibration_count)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        what = " ".join(f"{k}={v}" for k, v in path.items())
+        raise RuntimeError(f"benchmarking {model} ({what}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)["results"][0]
 
 
 def add_export_args(p) -> None:

@@ -20,7 +20,9 @@ What the graph returns (``output``):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -366,19 +368,35 @@ def quantize_onnx_int8(
 
     pre = dst.with_name(dst.stem + ".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+
+    def quantize(calibrate_method) -> None:
+        with contextlib.redirect_stdout(sys.stderr):  # ORT's calibrators print progress to stdout
+            quantize_static(
+                str(pre),
+                str(dst),
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types),
+                nodes_to_exclude=_int8_exclusions(pre, keep_ends_fp32),
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                calibrate_method=calibrate_method,
+            )
+
     try:
-        quantize_static(
-            str(pre),
-            str(dst),
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types),
-            nodes_to_exclude=_int8_exclusions(pre, keep_ends_fp32),
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            calibrate_method=methods[method],
-        )
+        try:
+            quantize(methods[method])
+        except ValueError as e:
+            # numpy's histogram fails on an activation whose range is (almost) a single value on
+            # these images, e.g. a 1x1 map at a small input size; min-max has no histogram.
+            if method == "minmax" or "bins" not in str(e):
+                raise
+            warnings.warn(
+                f"INT8 calibration: {method} calibration failed ({e}); using min-max ranges instead",
+                stacklevel=2,
+            )
+            quantize(methods["minmax"])
     finally:
         pre.unlink(missing_ok=True)
     return dst
