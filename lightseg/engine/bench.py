@@ -360,7 +360,6 @@ def run_bench(args, rest: list[str]) -> int:
         for o in args.optimize
         for x in args.output
     ]
-    isolate = args.isolate
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="lightseg-bench-")
     common = {
         "threads": args.threads,
@@ -374,7 +373,7 @@ def run_bench(args, rest: list[str]) -> int:
     for name in args.models:
         model = create_model(name, num_classes=args.num_classes, weights=args.weights).eval()
         for path in paths:
-            if not isolate:
+            if not args.isolate:
                 results.append(
                     bench(model, args.size, args.batch, warmup=args.warmup, runs=args.runs, **common, **path)
                 )
@@ -383,7 +382,7 @@ def run_bench(args, rest: list[str]) -> int:
                 make_runner(model, args.size, args.batch, **common, **path)
             results.append(_bench_in_child(args, name, path, onnx_dir))
     env = environment(args.threads, args.device)
-    env["paths_timed"] = "each in its own process" if isolate else "in one process, one after another"
+    env["paths_timed"] = "each in its own process" if args.isolate else "in one process, one after another"
     if args.format == "json":
         print(json.dumps({"environment": env, "results": results}, indent=2))
     else:
@@ -395,17 +394,21 @@ def run_bench(args, rest: list[str]) -> int:
 def _bench_in_child(args, model: str, path: dict[str, str], onnx_dir: str) -> dict[str, Any]:
     """One path of ``lightseg bench`` timed by a fresh ``lightseg bench --no-isolate`` process."""
     cmd = [sys.executable, "-m", "lightseg.cli", "bench", model, "--no-isolate", "--format", "json"]
-    cmd += [
-        "--size",
-        *map(str, args.size),
-        "--batch",
-        str(args.batch),
-        "--num-classes",
-        str(args.num_classes),
-    ]
-    cmd += ["--runtime", path["runtime"], "--optimize", path["optimize"], "--output", path["output"]]
-    cmd += ["--precision", args.precision, "--device", args.device, "--onnx-dir", onnx_dir]
-    cmd += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
+    options = {
+        "--size": args.size,
+        "--batch": [args.batch],
+        "--num-classes": [args.num_classes],
+        "--runtime": [path["runtime"]],
+        "--optimize": [path["optimize"]],
+        "--output": [path["output"]],
+        "--precision": [args.precision],
+        "--device": [args.device],
+        "--onnx-dir": [onnx_dir],
+        "--runs": [args.runs],
+        "--warmup": [args.warmup],
+    }
+    for flag, values in options.items():
+        cmd += [flag, *map(str, values)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.weights:

@@ -6,11 +6,12 @@ the batch dimension is optionally dynamic. The dynamo-based exporter is used: th
 TorchScript exporter fails on ``adaptive_avg_pool2d`` to computed sizes.
 
 Opset 20, pinned (torch 2.13's exporter defaults to it too; older ones wrote 18): opset 20 has a
-``Gelu`` operator, at 18 the exporter spells each GELU as ``Div -> Erf -> Add -> Mul -> Mul``. ONNX Runtime's GeluFusion does not
-match that spelling (the 0.5 multiplies ``1 + erf`` before ``x``), so the 57 GELUs of CGRSeg-T ran as
-five memory-bound passes each, and because ``Erf`` has no NCHWc kernel every one of them also forced
-the blocked-layout convolutions around it to reorder to NCHW and back. Measured on CGRSeg-T, 512x512,
-1 thread: 149 ms -> 105 ms of kernel time (ReorderOutput 23 ms -> 3 ms, GELU 45 ms -> 22 ms).
+``Gelu`` operator, at 18 the exporter spells each GELU as ``Div -> Erf -> Add -> Mul -> Mul``.
+ONNX Runtime's GeluFusion does not match that spelling (the 0.5 multiplies ``1 + erf`` before
+``x``), so the 57 GELUs of CGRSeg-T ran as five memory-bound passes each, and because ``Erf`` has
+no NCHWc kernel every one of them also forced the blocked-layout convolutions around it to reorder
+to NCHW and back. Measured on CGRSeg-T, 512x512, 1 thread: 149 ms -> 105 ms of kernel time
+(ReorderOutput 23 ms -> 3 ms, GELU 45 ms -> 22 ms).
 
 What the graph returns (``output``):
 - ``"logits"``: N x K x H/s x W/s float logits at the model's output stride s (8 for CGRSeg);
