@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +38,11 @@ import numpy as np
 import torch
 
 from lightseg.engine.bench import (
+    bench_isolated,
     environment,
     image_batches,
     make_runner,
     summarize,
-    time_fn,
     time_interleaved,
 )
 from lightseg.engine.predict import upsample_argmax
@@ -157,47 +156,28 @@ def time_isolated(args, rows, size) -> list[dict[str, Any]]:
     """Part A with every path timed in its own fresh process (``--isolate``): no thread pool of one
     path (OpenMP, ONNX Runtime) is alive while another is timed. The graphs are exported once into
     a shared directory first; then ``--rounds`` rounds run one process per path, the order reversed
-    every other round so that drift in machine load hits all paths alike."""
-    cache = Path(tempfile.mkdtemp(prefix="lightseg-isolate-"))
+    every other round so that drift in machine load hits all paths alike
+    (:func:`lightseg.engine.bench.bench_isolated`)."""
+    cache = tempfile.mkdtemp(prefix="lightseg-isolate-")
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.num_classes).eval()
     for _, kw in rows:
         if kw["runtime"] == "onnxruntime":  # export (and quantise) once, here
             make_runner(model, size, 1, threads=args.threads, onnx_path=cache, **kw)
-    times: dict[str, list[float]] = {label: [] for label, _ in rows}
-    per_round = -(-args.runs // args.rounds)
-    for r in range(args.rounds):
-        for label, kw in rows if r % 2 == 0 else rows[::-1]:
-            spec = {k: v for k, v in kw.items() if k != "calibration"}
-            child = {
-                "model": args.model,
-                "num_classes": args.num_classes,
-                "size": list(size),
-                "threads": args.threads,
-                "warmup": args.warmup + 1,
-                "runs": per_round,
-                "cache": str(cache),
-                "runner": spec,
-            }
-            cmd = [sys.executable, __file__, "--child", json.dumps(child)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                raise RuntimeError(f"timing {label!r} failed:\n{done.stderr[-2000:]}")
-            times[label] += json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-    return [result_row(label, kw, times[label], size) for label, kw in rows]
-
-
-def child_timing(spec: dict[str, Any]) -> int:
-    """The ``--child`` side of :func:`time_isolated`: build one path, time it, print the seconds."""
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    model = create_model(spec["model"], num_classes=spec["num_classes"]).eval()
-    size = tuple(spec["size"])
-    run = make_runner(model, size, 1, threads=spec["threads"], onnx_path=spec["cache"], **spec["runner"])
-    x = torch.randn(1, 3, *size)
-    print(json.dumps(time_fn(lambda: run(x), spec["warmup"], spec["runs"])))
-    return 0
+    specs = {
+        label: {
+            "model": args.model,
+            "num_classes": args.num_classes,
+            "size": list(size),
+            "threads": args.threads,
+            "warmup": args.warmup + 1,
+            "runs": args.runs,
+            "runner": {k: v for k, v in kw.items() if k != "calibration"} | {"onnx_path": cache},
+        }
+        for label, kw in rows
+    }
+    timed = bench_isolated(specs, args.rounds, log=lambda line: print(line, file=sys.stderr, flush=True))
+    return [result_row(label, kw, [t / 1e3 for t in timed[label]["times_ms"]], size) for label, kw in rows]
 
 
 class _OrtLogits:
@@ -353,10 +333,7 @@ def main() -> int:
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     p.add_argument("--isolate", action="store_true", help="time each part-A path in its own process")
     p.add_argument("--rounds", type=int, default=4, help="with --isolate: processes per path")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        return child_timing(json.loads(args.child))
     torch.set_num_threads(args.threads)
     size = tuple(args.size)
     have_data = bool(_names("train")) and not args.no_int8

@@ -256,7 +256,72 @@ def bench(
         **summarize(times, batch),
         "peak_mem_mb": mem,
         "peak_mem_kind": "cuda max allocated" if device == "cuda" else "process peak RSS",
+        "times_ms": [round(t * 1e3, 3) for t in times],
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing in fresh processes
+# --------------------------------------------------------------------------------------------------
+def bench_in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`bench` for one path, run by a new Python process: no thread pool (OpenMP, ONNX
+    Runtime) or memory of this process affects it, and its peak memory is its own.
+
+    ``spec``: ``model`` (registered name), ``num_classes``, optional ``weights``, ``size``,
+    ``batch``, ``threads``, ``device``, ``warmup``, ``runs`` and ``runner``: the path as
+    :func:`make_runner` keywords (``runtime``, ``optimize``, ``output``, ``precision``, ``opset``,
+    ``onnx_path``). An INT8 graph must already be in ``onnx_path`` (the child does not calibrate).
+    """
+    cmd = [sys.executable, "-m", "lightseg.engine.bench", json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        what = " ".join(f"{k}={v}" for k, v in spec["runner"].items() if k != "onnx_path")
+        raise RuntimeError(f"benchmarking {spec['model']} ({what}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_isolated(
+    specs: dict[str, dict[str, Any]], rounds: int = 1, log: Callable[[str], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every spec (see :func:`bench_in_fresh_process`) timed in ``rounds`` fresh processes, each
+    doing its share of ``spec["runs"]``, the order of the specs reversed every other round so that
+    drift in machine load hits all alike. Returns label -> result over all runs (peak memory:
+    the largest of its processes)."""
+    labels = list(specs)
+    parts: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for r in range(rounds):
+        for label in labels if r % 2 == 0 else labels[::-1]:
+            spec = specs[label]
+            parts[label].append(bench_in_fresh_process(dict(spec, runs=-(-spec["runs"] // rounds))))
+            if log:
+                log(f"round {r + 1}/{rounds}: {label}")
+    merged = {}
+    for label, results in parts.items():
+        times_ms = [t for res in results for t in res["times_ms"]]
+        merged[label] = results[0] | {
+            **summarize([t / 1e3 for t in times_ms], results[0]["batch"]),
+            "peak_mem_mb": max(res["peak_mem_mb"] for res in results),
+            "times_ms": times_ms,
+        }
+    return merged
+
+
+def _bench_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The child side of :func:`bench_in_fresh_process`."""
+    from lightseg.models.registry import create_model
+
+    torch.manual_seed(0)  # random-init weights are the same in every process
+    model = create_model(spec["model"], num_classes=spec["num_classes"], weights=spec.get("weights")).eval()
+    return bench(
+        model,
+        spec["size"],
+        spec.get("batch", 1),
+        threads=spec.get("threads"),
+        device=spec.get("device", "cpu"),
+        warmup=spec["warmup"],
+        runs=spec["runs"],
+        **spec["runner"],
+    )
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
@@ -316,6 +381,12 @@ def add_bench_args(p) -> None:
         "fresh process, so no thread pool or memory of one path affects another)",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="processes per path, each doing its share of --runs, in alternating order (isolated mode)",
+    )
+    p.add_argument(
         "--onnx-dir",
         default=None,
         metavar="DIR",
@@ -347,8 +418,8 @@ def image_batches(inputs: Sequence[str], size: Sequence[int], count: int = 16) -
 def run_bench(args, rest: list[str]) -> int:
     from lightseg.models.registry import create_model
 
-    if args.runs < 1:
-        raise ValueError("--runs must be at least 1")
+    if args.runs < 1 or args.rounds < 1:
+        raise ValueError("--runs and --rounds must be at least 1")
     calibration = None
     if args.precision == "int8":
         if not args.calibration:
@@ -369,7 +440,7 @@ def run_bench(args, rest: list[str]) -> int:
     }
     if calibration:
         common["calibration"] = calibration
-    results = []
+    results, specs = [], {}
     for name in args.models:
         model = create_model(name, num_classes=args.num_classes, weights=args.weights).eval()
         for path in paths:
@@ -380,7 +451,20 @@ def run_bench(args, rest: list[str]) -> int:
                 continue
             if path["runtime"] == "onnxruntime":  # export (and quantise) here: the child only runs
                 make_runner(model, args.size, args.batch, **common, **path)
-            results.append(_bench_in_child(args, name, path, onnx_dir))
+            specs[f"{name} {' '.join(path.values())}"] = {
+                "model": name,
+                "num_classes": args.num_classes,
+                "weights": args.weights,
+                "size": list(args.size),
+                "batch": args.batch,
+                "threads": args.threads,
+                "device": args.device,
+                "warmup": args.warmup,
+                "runs": args.runs,
+                "runner": {**path, "precision": args.precision, "onnx_path": onnx_dir},
+            }
+    if specs:
+        results = list(bench_isolated(specs, args.rounds).values())
     env = environment(args.threads, args.device)
     env["paths_timed"] = "each in its own process" if args.isolate else "in one process, one after another"
     if args.format == "json":
@@ -389,37 +473,6 @@ def run_bench(args, rest: list[str]) -> int:
         print(" · ".join(f"{k}: {v}" for k, v in env.items()))
         print(format_table(results))
     return 0
-
-
-def _bench_in_child(args, model: str, path: dict[str, str], onnx_dir: str) -> dict[str, Any]:
-    """One path of ``lightseg bench`` timed by a fresh ``lightseg bench --no-isolate`` process."""
-    cmd = [sys.executable, "-m", "lightseg.cli", "bench", model, "--no-isolate", "--format", "json"]
-    options = {
-        "--size": args.size,
-        "--batch": [args.batch],
-        "--num-classes": [args.num_classes],
-        "--runtime": [path["runtime"]],
-        "--optimize": [path["optimize"]],
-        "--output": [path["output"]],
-        "--precision": [args.precision],
-        "--device": [args.device],
-        "--onnx-dir": [onnx_dir],
-        "--runs": [args.runs],
-        "--warmup": [args.warmup],
-    }
-    for flag, values in options.items():
-        cmd += [flag, *map(str, values)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    if args.weights:
-        cmd += ["--weights", str(args.weights)]
-    if args.calibration:
-        cmd += ["--calibration", *args.calibration, "--calibration-count", str(args.calibration_count)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        what = " ".join(f"{k}={v}" for k, v in path.items())
-        raise RuntimeError(f"benchmarking {model} ({what}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout)["results"][0]
 
 
 def add_export_args(p) -> None:
@@ -502,3 +555,7 @@ def check_onnx(
         "argmax_agree": round(agree, 6),
         "ok": diff <= atol and agree >= min_agree,
     }
+
+
+if __name__ == "__main__":  # the child of bench_in_fresh_process
+    print(json.dumps(_bench_spec(json.loads(sys.argv[1]))))
