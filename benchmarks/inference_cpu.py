@@ -42,6 +42,7 @@ from lightseg.engine.bench import (
     environment,
     image_batches,
     make_runner,
+    onnx_graph,
     summarize,
     time_interleaved,
 )
@@ -163,7 +164,7 @@ def time_isolated(args, rows, size) -> list[dict[str, Any]]:
     model = create_model(args.model, num_classes=args.num_classes).eval()
     for _, kw in rows:
         if kw["runtime"] == "onnxruntime":  # export (and quantise) once, here
-            make_runner(model, size, 1, threads=args.threads, onnx_path=cache, **kw)
+            onnx_graph(model, size, 1, onnx_path=cache, **{k: v for k, v in kw.items() if k != "runtime"})
     specs = {
         label: {
             "model": args.model,

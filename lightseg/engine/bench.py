@@ -123,6 +123,57 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
+def onnx_graph(
+    model: nn.Module,
+    size: Sequence[int],
+    batch: int = 1,
+    *,
+    optimize: str = "fold-bn",
+    output: str = "logits",
+    precision: str = "fp32",
+    onnx_path: str | os.PathLike | None = None,
+    calibration: Sequence[Any] | None = None,
+    opset: int | None = None,
+) -> Path:
+    """The ONNX file that :func:`make_runner` runs for an ``onnxruntime`` path, exported (and
+    quantised) unless it is already in ``onnx_path``; see there for the arguments. A parent that
+    times paths in fresh processes calls this once per path, so that the children only run."""
+    from lightseg.engine.export import export_onnx, quantize_onnx_int8
+
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
+    h, w = int(size[0]), int(size[1])
+    graph_out = {"argmax": "logits", "argmax-graph": "argmax"}.get(output, output)
+    name = getattr(model, "model_name", type(model).__name__)
+    suffix = f"_opset{opset}" if opset else ""
+    path = (
+        Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-"))
+        / f"{name}_{h}x{w}_b{batch}_{optimize}_{graph_out}{suffix}.onnx"
+    )
+    naive = optimize == "none"
+    if not path.is_file():
+        export_onnx(
+            model,
+            path,
+            (h, w),
+            batch=batch,
+            output=graph_out,
+            optimize="none" if naive else "fold-bn",
+            # naive: torch.onnx.export's defaults (opset 20 with torch 2.13)
+            opset=opset or (None if naive else 20),
+        )
+    if precision == "fp32":
+        return path
+    int8_path = path.with_name(path.stem + "_int8.onnx")
+    if not int8_path.is_file():
+        if not calibration:
+            raise ValueError("precision int8 needs calibration images")
+        quantize_onnx_int8(path, int8_path, calibration)
+    return int8_path
+
+
 def make_runner(
     model: nn.Module,
     size: Sequence[int],
@@ -149,7 +200,7 @@ def make_runner(
     is already there for this model, size and path is reused, so a benchmark can export once and
     time the graph in several processes.
     """
-    from lightseg.engine.export import InferenceGraph, OrtRunner, export_onnx, quantize_onnx_int8
+    from lightseg.engine.export import InferenceGraph, OrtRunner
     from lightseg.fuse import optimize_for_inference
 
     if runtime not in RUNTIMES:
@@ -158,33 +209,17 @@ def make_runner(
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
     h, w = int(size[0]), int(size[1])
     if runtime == "onnxruntime":
-        graph_out = {"argmax": "logits", "argmax-graph": "argmax"}.get(output, output)
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
-        name = getattr(model, "model_name", type(model).__name__)
-        suffix = f"_opset{opset}" if opset else ""
-        path = (
-            Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-"))
-            / f"{name}_{h}x{w}_b{batch}_{optimize}_{graph_out}{suffix}.onnx"
+        path = onnx_graph(
+            model,
+            (h, w),
+            batch,
+            optimize=optimize,
+            output=output,
+            precision=precision,
+            onnx_path=onnx_path,
+            calibration=calibration,
+            opset=opset,
         )
-        int8_path = path.with_name(path.stem + "_int8.onnx")
-        naive = optimize == "none"
-        if not path.is_file():
-            export_onnx(
-                model,
-                path,
-                (h, w),
-                batch=batch,
-                output=graph_out,
-                optimize="none" if naive else "fold-bn",
-                # naive: torch.onnx.export's defaults (opset 20 with torch 2.13)
-                opset=opset or (None if naive else 20),
-            )
-        if precision == "int8" and not int8_path.is_file():
-            if not calibration:
-                raise ValueError("precision int8 needs calibration images")
-            quantize_onnx_int8(path, int8_path, calibration)
-        path = int8_path if precision == "int8" else path
         ort = OrtRunner(path, threads=threads)
         if output == "argmax":
             return lambda x: upsample_argmax(torch.from_numpy(ort(x)), (h, w))
@@ -450,7 +485,16 @@ def run_bench(args, rest: list[str]) -> int:
                 )
                 continue
             if path["runtime"] == "onnxruntime":  # export (and quantise) here: the child only runs
-                make_runner(model, args.size, args.batch, **common, **path)
+                onnx_graph(
+                    model,
+                    args.size,
+                    args.batch,
+                    optimize=path["optimize"],
+                    output=path["output"],
+                    precision=args.precision,
+                    onnx_path=onnx_dir,
+                    calibration=calibration,
+                )
             specs[f"{name} {' '.join(path.values())}"] = {
                 "model": name,
                 "num_classes": args.num_classes,
