@@ -3,13 +3,17 @@
 Public face: :func:`create_model`, :func:`list_models`, :func:`load_checkpoint`.
 """
 
-from lightseg.checkpoint import CheckpointError, load_checkpoint, load_weights, save_weights
+from lightseg.checkpoint import load_checkpoint, load_weights, save_weights
+from lightseg.errors import CheckpointError, LightsegError
+from lightseg.meta import ModelMeta
 from lightseg.models.registry import create_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "LightsegError",
+    "ModelMeta",
     "__version__",
     "create_model",
     "list_models",

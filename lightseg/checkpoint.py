@@ -22,12 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightseg.errors import CheckpointError
+
 FORMAT_KEY = "format"
 TRAIN_FORMAT = "lightseg-train"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message says exactly how."""
 
 
 @dataclass(frozen=True)

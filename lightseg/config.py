@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from lightseg.errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -129,10 +131,6 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the dataclasses; says which key and why."""
 
 
 def _close(name: str, options: list[str]) -> str:

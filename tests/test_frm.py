@@ -91,7 +91,9 @@ def test_every_parameter_gets_a_gradient():
     assert set(parts) == {"ce", "contrastive"}
     names = [n for n, _ in model.named_parameters()] + [f"loss.{n}" for n, _ in loss_fn.named_parameters()]
     dead = [n for n, p in zip(names, params) if p.grad is None or p.grad.abs().sum() == 0]
-    assert not dead
+    # The unary conv's bias shifts every logit of a softmax equally, so its gradient is zero in exact
+    # arithmetic (as in mmseg's DNL, which keeps the bias too); float rounding may or may not show it.
+    assert not [n for n in dead if n != "head.frm.block.mixer.unary.bias"]
 
 
 def test_inference_model_has_no_projection_head():

@@ -17,16 +17,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lightseg.errors import DataError, DatasetNotFoundError
+
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """Bad input data: names the file (or folder) and what is wrong with it."""
-
-
-class DatasetNotFoundError(DataError, FileNotFoundError):
-    """The dataset root (or one of its required folders) does not exist; names the expected layout."""
 
 
 # ----------------------------------------------------------------------------------------------------

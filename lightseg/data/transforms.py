@@ -23,10 +23,7 @@ import torch
 from PIL import Image
 
 from lightseg.data.base import IGNORE_INDEX
-
-# SPEC 1.6: ImageNet statistics, RGB order, 0..255 scale.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from lightseg.meta import IMAGENET_MEAN, IMAGENET_STD  # ImageNet statistics, RGB, 0..255; re-exported
 
 Sample = dict[str, Any]
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)

@@ -28,16 +28,13 @@ from torch import nn
 
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.engine.inference import pad_to_multiple, predict_probs
+from lightseg.errors import InputError
 from lightseg.visualize import colorize, default_palette, overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 RUNTIMES = ("torch", "onnxruntime")
 ImageLike = np.ndarray | Image.Image | torch.Tensor
-
-
-class InputError(ValueError):
-    """An input the predictor cannot use (missing, unreadable, unsupported); names the file."""
 
 
 # --------------------------------------------------------------------------------------------------

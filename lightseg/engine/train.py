@@ -42,6 +42,7 @@ from lightseg.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
+from lightseg.errors import DivergenceError
 from lightseg.losses import SegLoss, build_seg_loss
 from lightseg.metrics import format_table
 
@@ -49,8 +50,8 @@ CKPT_LAST = "last.pt"
 CKPT_BEST = "best.pt"
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the message names the iteration and the last good checkpoint."""
+# The loss became NaN/inf; the message names the iteration and the last good checkpoint.
+TrainingDiverged = DivergenceError
 
 
 @dataclass

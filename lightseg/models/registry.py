@@ -14,6 +14,9 @@ from typing import Any
 
 from torch import nn
 
+from lightseg.errors import UnknownModelError
+from lightseg.meta import ModelMeta
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -63,7 +66,7 @@ def get_entry(name: str) -> ModelEntry:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_MODELS))}")
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_MODELS))}")
     return _MODELS[name]
 
 
@@ -93,6 +96,15 @@ def create_model(
     else:
         model = entry.factory(**overrides)
     # Recorded so that checkpoints can rebuild the very same model (lightseg.checkpoint).
+    model.meta = ModelMeta(
+        name=name,
+        num_classes=int(model.num_classes) if entry.kind == "segmentor" else None,
+        options={k: v for k, v in overrides.items() if k != "pretrained"},
+        size_divisor=int(getattr(model, "size_divisor", 32)),
+        output_stride=int(getattr(model, "output_stride", 32)) if entry.kind == "segmentor" else 32,
+        weights=str(weights) if weights is not None else None,
+        kind=entry.kind,
+    )
     model.model_name = name
     # ``pretrained`` only says where the initial weights came from; a rebuilt model gets its
     # weights from the checkpoint and must not need the pretrained file.
