@@ -1,0 +1,92 @@
+"""The ``lightseg`` command line: each verb parses its arguments and calls one plain typed function.
+
+One module per verb family (``lightseg/cli/<family>.py``) holds its argument code and its ``run``
+function; ``_VERBS`` below maps each verb to them. ``run`` returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from lightseg.cli import bench, data, export, models, predict, train
+
+AddArgs = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace, list[str]], int]
+
+
+# verb -> (help, add_arguments, run, accepts_unknown_args)
+_VERBS: dict[str, tuple[str, AddArgs, Run, bool]] = {
+    "models": ("list registered models", models.add_models_args, models.run_models, False),
+    "flops": (
+        "params and GMACs (paper/all conventions) of a model",
+        models.add_flops_args,
+        models.run_flops,
+        False,
+    ),
+    "train": (
+        "train a model from a recipe (runs under torchrun too)",
+        train.add_train_args,
+        train.run_train,
+        True,
+    ),
+    "eval": (
+        "evaluate weights on a dataset split (mIoU, mAcc, aAcc)",
+        train.add_eval_args,
+        train.run_eval,
+        True,
+    ),
+    "data": (
+        "dataset tools: `data check` reports missing/corrupt/mislabelled files",
+        data.add_data_args,
+        data.run_data,
+        True,
+    ),
+    "predict": (
+        "segment images, folders, globs and videos: label PNGs + overlays",
+        predict.add_predict_args,
+        predict.run_predict,
+        False,
+    ),
+    "export": (
+        "export to ONNX (verified against eager with --check) or torch.export",
+        export.add_export_args,
+        export.run_export,
+        False,
+    ),
+    "bench": (
+        "latency benchmark: eager / folded / ONNX Runtime, logits or full-res labels",
+        bench.add_bench_args,
+        bench.run_bench,
+        False,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightseg", description="Efficient semantic segmentation toolkit.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (help_, add_args, _, _) in _VERBS.items():
+        add_args(sub.add_parser(verb, help=help_, description=help_))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    _, _, run, accepts_rest = _VERBS[args.verb]
+    if rest and not accepts_rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return run(args, rest)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        # User-facing errors (bad names, files, checkpoints, sizes): one clear line, no traceback.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"lightseg {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
