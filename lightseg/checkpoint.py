@@ -1,10 +1,13 @@
-"""Weights on disk: lightseg's own safetensors format and foreign layouts, all loaded strictly.
+"""Weights on disk: lightseg's own formats and foreign layouts, all loaded strictly.
 
-Layouts:
-- ``lightseg`` — safetensors weights; the model name, its constructor arguments and class
-  names are stored as metadata, so :func:`load_checkpoint` rebuilds the model by itself.
+This module only reads and writes state dicts; building a model from a name, a file or metadata
+is :mod:`lightseg.models.build`'s job. Formats:
+
+- ``lightseg`` — safetensors weights with the model's :class:`~lightseg.meta.ModelMeta` as JSON
+  under :data:`~lightseg.meta.META_KEY` (files written before it store ``model_name``,
+  ``model_kwargs``, ``num_classes``, ``classes``, ``palette`` as separate keys; still read).
 - ``lightseg-train`` — a training checkpoint (``torch.save`` dict with ``"format":
-  "lightseg-train"`` and ``"model"``), written by ``lightseg.engine.train``.
+  "lightseg-train"``, ``"model"`` and the metadata under ``META_KEY``; older ones have ``"model_spec"``).
 - foreign layouts (official mmseg CGRSeg files, ImageNet backbone files, ...) — each model
   family registers a :class:`CheckpointLayout` whose ``convert`` maps every source key
   and fails listing whatever is left over; deliberate drops are named with a reason.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,11 @@ import torch
 from torch import nn
 
 from lightseg.errors import CheckpointError
+from lightseg.meta import META_KEY, ModelMeta, model_meta
+from lightseg.weights import resolve_path
 
 FORMAT_KEY = "format"
+LIGHTSEG_FORMAT = "lightseg"
 TRAIN_FORMAT = "lightseg-train"
 
 
@@ -110,24 +116,6 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, torch.Tensor],
     module.load_state_dict(state, strict=True)
 
 
-def resolve_path(path_or_url: str | os.PathLike) -> Path:
-    """A local path; URLs are fetched once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``)."""
-    s = str(path_or_url)
-    if "://" in s:
-        from urllib.parse import urlparse
-
-        cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        dest = cache_dir / Path(urlparse(s).path).name
-        if not dest.exists():
-            torch.hub.download_url_to_file(s, str(dest), progress=False)
-        return dest
-    p = Path(s).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {p}")
-    return p
-
-
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True
@@ -153,36 +141,41 @@ def save_weights(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    classes: list[str] | None = None,
-    palette: list[list[int]] | None = None,
+    classes: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``model``'s weights as safetensors with the metadata to rebuild it.
+    """Write ``model``'s weights as safetensors with its metadata (``model.meta``, see
+    :class:`lightseg.ModelMeta`), so that :func:`lightseg.load_checkpoint` rebuilds it alone.
 
-    Metadata: ``format=lightseg``, ``model_name``, ``num_classes``, ``model_kwargs`` (JSON of the
-    constructor overrides recorded on the model as ``model_kwargs``), ``classes``/``palette`` (JSON)
-    and any ``extra`` values (JSON).
+    ``classes`` / ``palette`` update the model's metadata (and ``model.meta`` itself) before writing;
+    ``extra`` values are stored as JSON under their own keys.
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    meta = {
-        FORMAT_KEY: "lightseg",
-        "model_name": str(getattr(model, "model_name", "")),
-        "num_classes": str(getattr(model, "num_classes", "")),
-        "model_kwargs": json.dumps(getattr(model, "model_kwargs", {})),
-    }
-    if classes is not None:
-        meta["classes"] = json.dumps(list(classes))
-    if palette is not None:
-        meta["palette"] = json.dumps([list(map(int, c)) for c in palette])
+    meta = with_classes(model_meta(model), classes, palette)
+    model.meta = meta
+    header = {FORMAT_KEY: LIGHTSEG_FORMAT, META_KEY: meta.to_json()}
     for k, v in (extra or {}).items():
-        meta[k] = json.dumps(v)
+        header[k] = json.dumps(v)
+    path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
+    save_file(state, str(tmp), metadata=header)
     os.replace(tmp, path)
     return path
+
+
+def with_classes(
+    meta: ModelMeta, classes: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None
+) -> ModelMeta:
+    """``meta`` with ``classes`` / ``palette`` replaced where given (validated against num_classes)."""
+    changes: dict[str, Any] = {}
+    if classes is not None:
+        changes["classes"] = tuple(classes)
+    if palette is not None:
+        changes["palette"] = tuple(tuple(c) for c in palette)
+    return meta.replace(**changes) if changes else meta
 
 
 def _load_object(path: Path) -> Any:
@@ -198,62 +191,115 @@ def _target_module(model: nn.Module, target: str) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path_or_url: str | os.PathLike) -> str:
-    """Load any supported checkpoint into ``model`` strictly; returns the detected layout name."""
-    path = resolve_path(path_or_url)
+def get_layout(name: str) -> CheckpointLayout:
+    """The registered layout called ``name``; an unknown name fails listing the known ones."""
+    for layout in _LAYOUTS:
+        if layout.name == name:
+            return layout
+    raise CheckpointError(f"unknown checkpoint layout {name!r}; known: {', '.join(layout_names())}")
+
+
+def layout_names() -> list[str]:
+    return [layout.name for layout in _LAYOUTS]
+
+
+def _read_any(path: Path) -> tuple[Any, str | None]:
+    """What the file holds (a dict for safetensors) and its lightseg format name (``None``: foreign)."""
     if _is_safetensors(path):
-        tensors, _meta = read_safetensors(path)
-        load_state_dict_strict(model, tensors, source=str(path))
-        return "lightseg"
+        tensors, header = read_safetensors(path)
+        return tensors, LIGHTSEG_FORMAT if header.get(FORMAT_KEY) == LIGHTSEG_FORMAT else None
     obj = _load_object(path)
     if isinstance(obj, dict) and obj.get(FORMAT_KEY) == TRAIN_FORMAT:
-        load_state_dict_strict(model, obj["model"], source=str(path))
-        return TRAIN_FORMAT
-    for layout in _LAYOUTS:
-        if layout.detect(obj):
-            target = _target_module(model, layout.target)
-            try:
-                state = layout.convert(obj, target)
-            except CheckpointError as e:
-                raise CheckpointError(f"{path} ({layout.name} layout): {e}") from e
-            load_state_dict_strict(target, state, source=f"{path} ({layout.name} layout)")
-            return layout.name
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        load_state_dict_strict(model, obj, source=str(path))  # a bare state dict of this very model
-        return "state_dict"
-    keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-    raise CheckpointError(
-        f"{path}: unrecognised checkpoint layout (top-level keys: {keys}); known layouts: "
-        f"lightseg safetensors, {TRAIN_FORMAT}, " + ", ".join(x.name for x in _LAYOUTS)
-    )
+        return obj["model"], TRAIN_FORMAT
+    return obj, None
 
 
-def load_checkpoint(path_or_url: str | os.PathLike) -> nn.Module:
-    """Rebuild a model from a lightseg checkpoint (safetensors or training checkpoint)."""
-    from lightseg.models.registry import create_model
+def load_weights(
+    model: nn.Module, path_or_url: str | os.PathLike, *, layout: str | None = None, sha256: str | None = None
+) -> str:
+    """Load a checkpoint into ``model`` strictly; returns the layout's name.
 
+    ``layout`` names the file's layout (see :func:`layout_names`); without it, lightseg files load
+    as they are and foreign files are recognised by their keys. ``sha256`` verifies a download.
+    """
+    path = resolve_path(path_or_url, sha256)
+    obj, own_format = _read_any(path)
+    if layout is None and own_format is not None:
+        load_state_dict_strict(model, obj, source=str(path))
+        return own_format
+    chosen = get_layout(layout) if layout is not None else next((x for x in _LAYOUTS if x.detect(obj)), None)
+    if chosen is None:
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            load_state_dict_strict(model, obj, source=str(path))  # a bare state dict of this very model
+            return "state_dict"
+        keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"{path}: unrecognised checkpoint layout (top-level keys: {keys}); known layouts: "
+            f"lightseg safetensors, {TRAIN_FORMAT}, " + ", ".join(layout_names())
+        )
+    target = _target_module(model, chosen.target)
+    if layout is not None and not chosen.detect(obj):
+        raise CheckpointError(f"{path}: not a file of the {chosen.name} layout")
+    try:
+        state = chosen.convert(obj, target)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path} ({chosen.name} layout): {e}") from e
+    load_state_dict_strict(target, state, source=f"{path} ({chosen.name} layout)")
+    return chosen.name
+
+
+def _legacy_fields(header: Mapping[str, str], path: Path) -> dict[str, Any]:
+    """Metadata of safetensors files written before :class:`ModelMeta` (separate keys)."""
+    name = header.get("model_name")
+    if header.get(FORMAT_KEY) != LIGHTSEG_FORMAT or not name:
+        raise CheckpointError(
+            f"{path}: safetensors file without lightseg metadata ({META_KEY}); for weights of another "
+            "layout use create_model(name, weights=path)"
+        )
+    fields: dict[str, Any] = {"name": name, "options": json.loads(header.get("model_kwargs", "{}"))}
+    fields["num_classes"] = int(header["num_classes"]) if header.get("num_classes") else None
+    for key in ("classes", "palette"):
+        if key in header:
+            fields[key] = json.loads(header[key])
+    return fields
+
+
+def _train_fields(obj: dict, path: Path) -> dict[str, Any]:
+    if obj.get(META_KEY) is not None:
+        return ModelMeta.from_json(obj[META_KEY], source=str(path)).to_dict()
+    spec = obj.get("model_spec")  # training checkpoints written before ModelMeta
+    if not isinstance(spec, dict) or not spec.get("name"):
+        raise CheckpointError(f"{path}: training checkpoint without model metadata ({META_KEY})")
+    return {"name": spec["name"], "num_classes": spec.get("num_classes"), "options": spec.get("kwargs", {})}
+
+
+def read_checkpoint(path_or_url: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The model metadata and state dict of a lightseg file (safetensors or training checkpoint).
+
+    The metadata comes back as :class:`ModelMeta` fields: all of them for files that store a
+    ``ModelMeta``, only ``name``/``num_classes``/``options`` (and ``classes``/``palette`` when
+    present) for older files; the model's builder fills in the rest.
+    """
     path = resolve_path(path_or_url)
     if _is_safetensors(path):
-        tensors, meta = read_safetensors(path)
-        name = meta.get("model_name")
-        if meta.get(FORMAT_KEY) != "lightseg" or not name:
-            raise CheckpointError(f"{path}: safetensors file without lightseg metadata (model_name)")
-        kwargs = json.loads(meta.get("model_kwargs", "{}"))
-        num_classes = int(meta["num_classes"]) if meta.get("num_classes") else 150
-        model = create_model(name, num_classes=num_classes, **kwargs)
-        load_state_dict_strict(model, tensors, source=str(path))
-        if "classes" in meta:
-            model.class_names = json.loads(meta["classes"])
-        if "palette" in meta:
-            model.palette = json.loads(meta["palette"])
-        return model
+        tensors, header = read_safetensors(path)
+        if META_KEY in header:
+            return ModelMeta.from_json(header[META_KEY], source=str(path)).to_dict(), tensors
+        return _legacy_fields(header, path), tensors
     obj = _load_object(path)
     if not (isinstance(obj, dict) and obj.get(FORMAT_KEY) == TRAIN_FORMAT):
         raise CheckpointError(
-            f"{path}: load_checkpoint needs a lightseg checkpoint; for foreign layouts use "
-            "create_model(name, weights=path)"
+            f"{path}: not a lightseg checkpoint (safetensors with {META_KEY}, or a training checkpoint); "
+            "for foreign layouts use create_model(name, weights=path)"
         )
-    spec = obj["model_spec"]
-    model = create_model(spec["name"], num_classes=spec["num_classes"], **spec.get("kwargs", {}))
-    load_state_dict_strict(model, obj["model"], source=str(path))
-    return model
+    return _train_fields(obj, path), obj["model"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``load_checkpoint`` builds a model, which is not this module's job; it lives in
+    # lightseg.models.build and stays importable from here for existing callers.
+    if name == "load_checkpoint":
+        from lightseg.models.build import load_checkpoint
+
+        return load_checkpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,12 +26,15 @@ from lightseg.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    """``create_model(name, num_classes=<dataset's>, **kwargs)``; ``weights`` (optional) is any
-    checkpoint :func:`lightseg.load_weights` accepts (e.g. an ImageNet backbone file)."""
+    """``create_model(name, num_classes=<dataset's>, weights=..., pretrained=..., **kwargs)``;
+    ``weights`` (optional) is any checkpoint :func:`lightseg.load_weights` accepts (e.g. an ImageNet
+    backbone file); ``pretrained`` (``true`` or a tag of ``lightseg models --weights``) starts the
+    backbone from its published ImageNet weights."""
 
     name: str = "cgrseg_t"
     kwargs: dict = field(default_factory=dict)
     weights: str | None = None
+    pretrained: Any = False  # true/false or a tag; create_model checks it (unions convert to one type here)
 
 
 @dataclass

@@ -171,7 +171,8 @@ def test_lightseg_safetensors_round_trip(tmp_path):
     m.load_state_dict(_randomized_state(m, 1))
     path = save_weights(m, tmp_path / "w.safetensors", classes=[f"c{i}" for i in range(11)])
     m2 = load_checkpoint(path)
-    assert m2.num_classes == 11 and m2.class_names[3] == "c3"
+    assert m2.num_classes == 11 and m2.meta.classes[3] == "c3"
+    assert m2.meta == m.meta  # save_weights(classes=...) updated the source model's meta too
     with torch.no_grad():
         torch.testing.assert_close(m2.eval()(X), m.eval()(X), rtol=0, atol=0)
 
@@ -229,10 +230,11 @@ def test_imagenet_backbone_into_cgrseg(tmp_path):
 
 def test_file_url(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("LIGHTSEG_CACHE", raising=False)
     path = tmp_path / "mm.pth"
     make_mmseg_file(path, seed=3)
     m = create_model("cgrseg_t", weights=path.as_uri())
-    assert (tmp_path / "torch_home" / "hub" / "checkpoints" / "mm.pth").is_file()
+    assert len(list((tmp_path / "torch_home" / "hub" / "lightseg").glob("*/mm.pth"))) == 1
     assert torch.equal(
         m.state_dict()["head.classifier.conv.bias"],
         torch.load(path)["state_dict"]["decode_head.conv_seg.bias"],

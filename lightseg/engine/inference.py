@@ -16,11 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightseg.errors import InputError
 from lightseg.losses import resize_logits
 
 
 def _divisor(model: nn.Module) -> int:
-    return int(getattr(model, "size_divisor", 1) or 1)
+    """The multiple input sides must have; every segmentor (and runner standing in for one) states
+    it, so a model without one is refused rather than run unpadded."""
+    if not hasattr(model, "size_divisor"):
+        raise InputError(f"{type(model).__name__} has no size_divisor: inference needs a segmentor")
+    return int(model.size_divisor)
 
 
 def pad_to_multiple(x: torch.Tensor, divisor: int, value: float = 0.0) -> torch.Tensor:

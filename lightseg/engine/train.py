@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset
 
+from lightseg.checkpoint import with_classes
 from lightseg.config import Config, save_config
 from lightseg.engine import optim as optim_lib
 from lightseg.engine.evaluate import build_eval_dataset, evaluate
@@ -44,6 +45,7 @@ from lightseg.engine.runtime import (
 )
 from lightseg.errors import DivergenceError
 from lightseg.losses import SegLoss, build_seg_loss
+from lightseg.meta import META_KEY
 from lightseg.metrics import format_table
 
 CKPT_LAST = "last.pt"
@@ -85,11 +87,10 @@ def build_train_dataset(cfg: Config) -> Dataset:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    from lightseg.models.registry import create_model
+    from lightseg.models.build import create_model
 
-    return create_model(
-        cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.kwargs
-    )
+    m = cfg.model
+    return create_model(m.name, num_classes, weights=m.weights, pretrained=m.pretrained, **m.kwargs)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -137,12 +138,17 @@ class _TrainForward(nn.Module):
         return total
 
 
-def _model_spec(model: nn.Module) -> dict:
-    return {
-        "name": getattr(model, "model_name", ""),
-        "num_classes": int(getattr(model, "num_classes", 0)),
-        "kwargs": dict(getattr(model, "model_kwargs", {})),
-    }
+def _record_labels(model: nn.Module, dataset: Dataset) -> None:
+    """The dataset's class names and palette go into the model's metadata (and its checkpoints).
+    A model built by hand (no ``meta``) is left as it is."""
+    meta = getattr(model, "meta", None)
+    if meta is not None:
+        model.meta = with_classes(meta, getattr(dataset, "classes", None), getattr(dataset, "palette", None))
+
+
+def _meta_json(model: nn.Module) -> str | None:
+    meta = getattr(model, "meta", None)
+    return None if meta is None else meta.to_json()
 
 
 class RunLog:
@@ -212,6 +218,7 @@ def train(
     num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
     ignore_index = int(getattr(train_set, "ignore_index", 255))
     model = model if model is not None else build_model(cfg, num_classes)
+    _record_labels(model, train_set)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = _prepare_model(model, info, device, log)
@@ -387,7 +394,7 @@ def _save(ctx: _Context, state: TrainState, name: str) -> None:
     ckpt = {
         "format": "lightseg-train",
         "model": ctx.model.state_dict(),
-        "model_spec": _model_spec(ctx.model),
+        META_KEY: _meta_json(ctx.model),
         "loss": ctx.loss_fn.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),
         "scheduler": ctx.scheduler.state_dict(),

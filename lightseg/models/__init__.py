@@ -9,7 +9,8 @@ from lightseg.models import (  # noqa: F401
     hybrids,
     van,
 )
-from lightseg.models.registry import create_model, get_entry, list_models, register_model
+from lightseg.models.build import create_model, load_checkpoint
+from lightseg.models.registry import get_entry, list_models, register_model
 from lightseg.models.segmentor import Segmentor
 
-__all__ = ["Segmentor", "create_model", "get_entry", "list_models", "register_model"]
+__all__ = ["Segmentor", "create_model", "get_entry", "list_models", "load_checkpoint", "register_model"]

