@@ -36,6 +36,7 @@ Differences from the official code, all deliberate:
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -644,13 +645,20 @@ def _convert_imagenet(obj: dict, model: nn.Module) -> dict[str, torch.Tensor]:
         what="EfficientFormerV2 ImageNet checkpoint (only norm.*, head.*, dist_head.* and the "
         "classification attention_biases / attention_bias_idxs are dropped)",
     )
-    # The classification model has no segmentation tables: they start at zero (SPEC 1.5).
+    return _with_fresh_seg_tables(out, own)
+
+
+def _with_fresh_seg_tables(
+    state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """ImageNet models have no segmentation position-bias tables: they start at zero (as in the
+    CGRSeg release, which loads ImageNet weights non-strictly), their index buffers as built."""
     for key, tensor in own.items():
-        if key.endswith("attention_biases_seg") and key not in out:
-            out[key] = torch.zeros_like(tensor)
-        elif key.endswith("attention_bias_idxs_seg") and key not in out:
-            out[key] = tensor.clone()
-    return out
+        if key.endswith("attention_biases_seg") and key not in state:
+            state[key] = torch.zeros_like(tensor)
+        elif key.endswith("attention_bias_idxs_seg") and key not in state:
+            state[key] = tensor.clone()
+    return state
 
 
 IMAGENET_LAYOUT = register_layout(
@@ -659,6 +667,120 @@ IMAGENET_LAYOUT = register_layout(
         detect=_detect_imagenet,
         convert=_convert_imagenet,
         target="backbone",
+    )
+)
+
+
+# timm's layout (``timm/efficientformerv2_*.snap_dist_in1k`` on the Hugging Face Hub): the same
+# modules as the official release under other names. Conv+BN pairs are ``ConvNorm`` modules
+# (``.conv``/``.bn``), stages hold their own ``downsample``, layer scales are ``ls1/ls2.gamma`` of
+# shape (C,) where ours are (C, 1, 1). Rules are tried in order on the key with its stage prefix
+# (``stages.<i>.blocks.<j>.`` / ``stages.<i>.downsample.``) already rewritten.
+_TIMM_CONVNORM = {"conv": "0", "bn": "1"}
+_TIMM_BLOCK_RULES = [
+    (r"mlp\.fc1\.conv\.(.+)", r"mlp.fc1.\1"),
+    (r"mlp\.fc1\.bn\.(.+)", r"mlp.norm1.\1"),
+    (r"mlp\.mid\.conv\.(.+)", r"mlp.mid.\1"),
+    (r"mlp\.mid\.bn\.(.+)", r"mlp.mid_norm.\1"),
+    (r"mlp\.fc2\.conv\.(.+)", r"mlp.fc2.\1"),
+    (r"mlp\.fc2\.bn\.(.+)", r"mlp.norm2.\1"),
+    (r"ls([12])\.gamma", r"layer_scale_\1"),
+    (r"token_mixer\.proj\.conv\.(.+)", r"token_mixer.proj.1.\1"),
+    (r"token_mixer\.proj\.bn\.(.+)", r"token_mixer.proj.2.\1"),
+    (r"token_mixer\.(stride_conv|q|k|v|v_local)\.(conv|bn)\.(.+)", None),  # ConvNorm -> ConvBN
+    (r"token_mixer\.(talking_head[12]\.(?:weight|bias))", r"token_mixer.\1"),
+]
+_TIMM_DOWN_RULES = [  # stages.3.downsample (conv + attention) -> network.5
+    (r"conv\.conv\.(.+)", r"conv.\1"),
+    (r"conv\.bn\.(.+)", r"bn.\1"),
+    (r"attn\.q\.local\.(weight|bias)", r"attn.q.local.0.\1"),
+    (r"attn\.q\.proj\.(conv|bn)\.(.+)", None),
+    (r"attn\.(k|v|v_local)\.(conv|bn)\.(.+)", None),
+    (r"attn\.proj\.conv\.(.+)", r"attn.proj.1.\1"),
+    (r"attn\.proj\.bn\.(.+)", r"attn.proj.2.\1"),
+]
+_TIMM_STEM = {
+    "stem.conv1.conv.": "patch_embed.0.",
+    "stem.conv1.bn.": "patch_embed.1.",
+    "stem.conv2.conv.": "patch_embed.3.",
+    "stem.conv2.bn.": "patch_embed.4.",
+}
+_TIMM_DROPS = {
+    ("norm.", "head.", "head_dist."): "ImageNet classifier (final norm, head, distillation head)",
+    (".attention_biases",): "fixed-size classification position-bias table (7x7 grid at 224 px, indexed by "
+    "offsets on that grid); the segmentation tables attention_biases_seg are separate and start at zero",
+}
+
+
+def _timm_drop(key: str) -> bool:
+    return any(key.startswith(p) or key.endswith(p) for group in _TIMM_DROPS for p in group)
+
+
+def _apply_rules(rest: str, rules: list[tuple[str, str | None]]) -> str | None:
+    """``rest`` renamed by the first matching rule; a rule without replacement is a timm ConvNorm
+    whose last two groups are (``conv``|``bn``, parameter): renamed to our ConvBN's ``0``/``1``."""
+    for pattern, repl in rules:
+        m = re.fullmatch(pattern, rest)
+        if m is None:
+            continue
+        if repl is not None:
+            return m.expand(repl)
+        kind = m.lastindex - 1
+        return f"{rest[: m.start(kind)]}{_TIMM_CONVNORM[m.group(kind)]}.{m.group(m.lastindex)}"
+    return None
+
+
+def map_timm_key(key: str) -> str | None:
+    """Our name for a key of timm's EfficientFormerV2, or None when it has none."""
+    for src, dst in _TIMM_STEM.items():
+        if key.startswith(src):
+            return dst + key[len(src) :]
+    m = re.fullmatch(r"stages\.(\d)\.blocks\.(\d+)\.(.+)", key)
+    if m:
+        rest = _apply_rules(m.group(3), _TIMM_BLOCK_RULES)
+        return None if rest is None else f"network.{2 * int(m.group(1))}.{m.group(2)}.{rest}"
+    m = re.fullmatch(r"stages\.([12])\.downsample\.conv\.(conv|bn)\.(.+)", key)
+    if m:
+        return f"network.{2 * int(m.group(1)) - 1}.{'proj' if m.group(2) == 'conv' else 'norm'}.{m.group(3)}"
+    m = re.fullmatch(r"stages\.3\.downsample\.(.+)", key)
+    if m:
+        rest = _apply_rules(m.group(1), _TIMM_DOWN_RULES)
+        return None if rest is None else f"network.5.{rest}"
+    return None
+
+
+def _detect_timm(obj: object) -> bool:
+    """A timm EfficientFormerV2 state dict (``stem.conv1.conv.*``, ``stages.N.blocks.*``)."""
+    return (
+        isinstance(obj, Mapping)
+        and "stem.conv1.conv.weight" in obj
+        and "stages.0.blocks.0.mlp.fc1.conv.weight" in obj
+    )
+
+
+def _convert_timm(obj: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    if not isinstance(model, EfficientFormerV2):
+        raise CheckpointError(
+            f"a timm EfficientFormerV2 checkpoint needs an EfficientFormerV2 backbone, got {type(model).__name__}"
+        )
+    own = model.state_dict()
+    state = remap_keys(
+        obj,
+        map_timm_key,
+        drop=_timm_drop,
+        what="timm EfficientFormerV2 checkpoint (dropped by name: "
+        + "; ".join(f"{', '.join(g)}: {why}" for g, why in _TIMM_DROPS.items())
+        + ")",
+    )
+    for key, tensor in list(state.items()):
+        if key.rsplit(".", 1)[-1].startswith("layer_scale_") and key in own:
+            state[key] = tensor.reshape(-1, 1, 1)  # (C,) -> (C, 1, 1); a wrong C fails the strict load
+    return _with_fresh_seg_tables(state, own)
+
+
+TIMM_LAYOUT = register_layout(
+    CheckpointLayout(
+        name="efficientformerv2-timm", detect=_detect_timm, convert=_convert_timm, target="backbone"
     )
 )
 
