@@ -63,17 +63,17 @@ def create_model(
     if entry.kind == "segmentor" and num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
     model = entry.factory(**kwargs)
-    tag = None
+    origin = None
     if pretrained:
-        tag = load_pretrained(model, entry, pretrained).tag
+        origin = load_pretrained(model, entry, pretrained).name
     elif weights is not None:
         load_weights(model, weights)
-        tag = str(weights)
+        origin = str(weights)
     model.meta = ModelMeta(
         name=name,
         num_classes=int(model.num_classes) if entry.kind == "segmentor" else None,
         options=options,
-        weights=tag,
+        weights=origin,
         kind=entry.kind,
         **_describe(model, entry),
     )
