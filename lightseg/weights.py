@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lightseg.errors import CheckpointError, WeightsNotFoundError
+from lightseg.meta import IMAGENET_MEAN, IMAGENET_STD
 
 CACHE_ENV = "LIGHTSEG_CACHE"
 URL_SCHEMES = ("https", "http", "file")
@@ -107,11 +108,6 @@ def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None) -> P
 # --------------------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------------------
-# ImageNet statistics on 0..255 RGB (timm's IMAGENET_DEFAULT_MEAN/STD x 255), what every entry
-# below except EfficientNet-Lite0 was trained with.
-_IMAGENET = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
-
-
 @dataclass(frozen=True)
 class WeightsEntry:
     """One published ImageNet checkpoint of a registered backbone.
@@ -134,8 +130,9 @@ class WeightsEntry:
     sha256: str | None = None
     package: str | None = None
     package_file: str | None = None
-    mean: tuple[float, float, float] = _IMAGENET[0]
-    std: tuple[float, float, float] = _IMAGENET[1]
+    # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD x 255): every entry but EfficientNet-Lite0.
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -187,7 +184,8 @@ _SNAP_README = (
 _VAN_README = (
     "Visual-Attention-Network/VAN-Classification README, 'VAN Models (IN-1K)' table (Tsinghua Cloud "
     "and Hugging Face links, top-1) and LICENSE section (Apache-2.0); Hub file names as in "
-    "huggingface/transformers convert_van_to_pytorch.py"
+    "huggingface/transformers convert_van_to_pytorch.py; the third mirror is model_urls of the "
+    "repository's models/van.py"
 )
 
 # The official EfficientFormerV2 checkpoints are Google Drive files (README links are
@@ -254,10 +252,11 @@ def _van() -> list[WeightsEntry]:
                 urls=(
                     f"https://huggingface.co/Visual-Attention-Network/VAN-{size}-original/resolve/main/{file}",
                     f"https://cloud.tsinghua.edu.cn/f/{tsinghua}/?dl=1",
+                    f"https://huggingface.co/Visual-Attention-Network/VAN-{size}/resolve/main/{file}",
                 ),
                 source=_VAN_README,
                 notes=f"the official release ({file}: timm training checkpoint, weights under 'state_dict'); "
-                "the Hugging Face '-original' repository and Tsinghua Cloud serve the same file",
+                "the three mirrors are the links the publisher gives for the same file",
             )
         )
     return out

@@ -10,6 +10,11 @@ def add_models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=["segmentor", "backbone"], default=None)
     p.add_argument("--table", action="store_true", help="params, GMACs (paper/all) and published figures")
     p.add_argument(
+        "--weights",
+        action="store_true",
+        help="published ImageNet weights of the models' backbones (pretrained=TAG)",
+    )
+    p.add_argument(
         "--format", choices=["text", "markdown"], default=None, help="table format (markdown implies --table)"
     )
     add_size_args(p)
@@ -19,6 +24,9 @@ def run_models(args: argparse.Namespace, rest: list[str]) -> int:
     from lightseg.models.registry import list_models
 
     names = list_models(args.pattern, kind=args.kind)
+    if args.weights:
+        print(render_weights(names, args.format or "text"))
+        return 0
     if args.table or args.format:
         from lightseg.flops import profile_table, render_table
 
@@ -28,6 +36,33 @@ def run_models(args: argparse.Namespace, rest: list[str]) -> int:
     for name in names:
         print(name)
     return 0
+
+
+def render_weights(names: list[str], fmt: str = "text") -> str:
+    """The weights entries of the backbones of ``names``, the default tag of each first (``*``)."""
+    from lightseg.models.registry import get_entry
+    from lightseg.weights import list_weights
+
+    users: dict[str, list[str]] = {}
+    for name in names:
+        users.setdefault(get_entry(name).weights_name, []).append(name)
+    header = ["weights", "default", "top-1", "licence", "layout", "sha256", "from"]
+    rows = []
+    for backbone in sorted(users):
+        for i, w in enumerate(list_weights(backbone)):
+            where = w.urls[0] if w.urls else f"pip package {w.package}"
+            top1 = "-" if w.imagenet_top1 is None else f"{w.imagenet_top1:.1f}"
+            sha = "-" if w.sha256 is None else w.sha256[:12]
+            rows.append([w.name, "*" if i == 0 else "", top1, w.license.split(" (")[0], w.layout, sha, where])
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    fmt_row = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    used = "\n".join(
+        f"  {b}: {', '.join(n for n in users[b] if n != b) or '(the backbone itself)'}" for b in sorted(users)
+    )
+    return "\n".join([fmt_row.format(*header), *(fmt_row.format(*r) for r in rows), "", "used by:", used])
 
 
 def add_size_args(p: argparse.ArgumentParser) -> None:

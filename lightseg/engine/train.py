@@ -90,7 +90,9 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     from lightseg.models.build import create_model
 
     m = cfg.model
-    return create_model(m.name, num_classes, weights=m.weights, pretrained=m.pretrained, **m.kwargs)
+    kwargs = dict(m.kwargs)
+    pretrained = kwargs.pop("pretrained", m.pretrained)  # configs written before model.pretrained
+    return create_model(m.name, num_classes, weights=m.weights, pretrained=pretrained, **kwargs)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:

@@ -57,6 +57,8 @@ def create_model(
         options: keyword arguments of the model's factory (e.g. ``drop_path_rate``).
     """
     entry = get_entry(name)
+    if not isinstance(pretrained, bool | str):
+        raise ConfigError(f"{name}: pretrained must be true/false or a weights tag, got {pretrained!r}")
     if pretrained and weights is not None:
         raise ConfigError(f"{name}: pass pretrained or weights, not both (weights={weights})")
     kwargs = dict(options)
