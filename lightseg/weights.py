@@ -183,9 +183,8 @@ _SNAP_README = (
 )
 _VAN_README = (
     "Visual-Attention-Network/VAN-Classification README, 'VAN Models (IN-1K)' table (Tsinghua Cloud "
-    "and Hugging Face links, top-1) and LICENSE section (Apache-2.0); Hub file names as in "
-    "huggingface/transformers convert_van_to_pytorch.py; the third mirror is model_urls of the "
-    "repository's models/van.py"
+    "and Hugging Face links, top-1) and LICENSE section (Apache-2.0); Hub file URLs as in model_urls "
+    "of its models/van.py (commit e19779b)"
 )
 
 # The official EfficientFormerV2 checkpoints are Google Drive files (README links are
@@ -252,11 +251,10 @@ def _van() -> list[WeightsEntry]:
                 urls=(
                     f"https://huggingface.co/Visual-Attention-Network/VAN-{size}-original/resolve/main/{file}",
                     f"https://cloud.tsinghua.edu.cn/f/{tsinghua}/?dl=1",
-                    f"https://huggingface.co/Visual-Attention-Network/VAN-{size}/resolve/main/{file}",
                 ),
                 source=_VAN_README,
                 notes=f"the official release ({file}: timm training checkpoint, weights under 'state_dict'); "
-                "the three mirrors are the links the publisher gives for the same file",
+                "both mirrors are links the publisher gives for the same file",
             )
         )
     return out

@@ -1,5 +1,9 @@
 """The layouts the weights registry points to, checked against the real model definitions.
 
+VAN's official release (``van-imagenet``): key names, shapes and stage outputs of the official
+``models/van.py`` are committed in ``fixtures/van_official.json.gz`` (extracted by
+``tests/van_reference.py``).
+
 timm's EfficientFormerV2 (the layout of ``timm/efficientformerv2_*.snap_dist_in1k``): the key names
 and shapes of timm's model and the stage outputs it gives for fixed weights and input are committed
 in ``fixtures/timm_efficientformerv2.json.gz`` (extracted by ``tests/timm_reference.py``); where
@@ -14,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from timm_reference import VARIANTS, load_fixture, randomized_state, reference_input, timm_efficientformer_v2
+from van_reference import VARIANTS as VAN_VARIANTS
 
 from lightseg import CheckpointError, create_model
 from lightseg.checkpoint import load_weights
@@ -96,3 +101,48 @@ def test_timm_layout_of_another_variant_fails_naming_keys(timm_fixture, tmp_path
         CheckpointError, match=r"(?s)efficientformerv2-timm layout.*missing keys.*mis-shaped keys"
     ):
         load_weights(create_model("efficientformerv2_s1"), _timm_file(tmp_path, _shapes(timm_fixture, "s0")))
+
+
+# ---- VAN: the official release (van_*.pth.tar, also on the Hub as VAN-*-original) ----------------
+@pytest.fixture(scope="module")
+def van_fixture():
+    from van_reference import load_fixture as load_van
+
+    return load_van()
+
+
+def _van_file(tmp_path, shapes) -> str:
+    # A timm training checkpoint, as released: weights under "state_dict" next to other entries.
+    path = tmp_path / "van.pth.tar"
+    torch.save({"epoch": 300, "arch": "van", "state_dict": randomized_state(shapes)}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [v if v in ("van_b0", "van_b1") else pytest.param(v, marks=pytest.mark.slow) for v in VAN_VARIANTS],
+)
+def test_van_layout_loads_every_official_key_strictly(van_fixture, tmp_path, name):
+    shapes = _shapes(van_fixture, name)
+    model = create_model(name)
+    assert load_weights(model, _van_file(tmp_path, shapes)) == "van-imagenet"
+    src = randomized_state(shapes)
+    assert torch.equal(
+        model.state_dict()["block1.0.mlp.dwconv.weight"], src["block1.0.mlp.dwconv.dwconv.weight"]
+    )
+
+
+def test_van_layout_reproduces_the_official_stage_outputs(van_fixture, tmp_path):
+    from van_reference import reference_input as van_input
+
+    model = create_model("van_b0").eval()
+    load_weights(model, _van_file(tmp_path, _shapes(van_fixture, "van_b0")))
+    with torch.no_grad():
+        feats = model(van_input())
+    for i, (ours, ref) in enumerate(zip(feats, van_fixture["variants"]["van_b0"]["stages"])):
+        torch.testing.assert_close(
+            ours[0].mean((1, 2)), torch.tensor(ref["mean"]), rtol=1e-4, atol=1e-6, msg=f"stage {i}"
+        )
+        torch.testing.assert_close(
+            ours[0].std((1, 2)), torch.tensor(ref["std"]), rtol=1e-4, atol=1e-6, msg=f"stage {i}"
+        )
