@@ -179,7 +179,8 @@ _TIMM_EF2 = (
 )
 _SNAP_README = (
     "snap-research/EfficientFormer README, 'Classification on ImageNet-1K' table (ckpt column, "
-    "top-1 300/450 epochs; these are the 450-epoch files); licence: the repository's LICENSE"
+    "top-1 300/450 epochs; these are the 450-epoch files eformer_*_450.pth); licence: the repository's "
+    "LICENSE (MIT terms for Snap's software, Apache-2.0 for the LeViT/PoolFormer parts)"
 )
 _VAN_README = (
     "Visual-Attention-Network/VAN-Classification README, 'VAN Models (IN-1K)' table (Tsinghua Cloud "
@@ -227,7 +228,7 @@ def _efficientformer_v2() -> list[WeightsEntry]:
                 model=f"efficientformerv2_{v}",
                 tag="snap_450",
                 layout="efficientformerv2-imagenet",
-                license="Apache-2.0",
+                license="MIT (Snap Inc. terms in the repository LICENSE)",
                 imagenet_top1=_EF2_TOP1_450[v],
                 urls=(f"https://drive.google.com/uc?export=download&id={_EF2_DRIVE[v]}",),
                 source=_SNAP_README,
