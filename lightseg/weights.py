@@ -82,6 +82,11 @@ def download(url: str, sha256: str | None = None) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
         raise WeightsNotFoundError(f"could not download {url} ({e}); {_offline_hint(url)}") from e
+    with open(tmp, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        tmp.unlink(missing_ok=True)  # e.g. a sign-in or "file too large to scan" page
+        raise WeightsNotFoundError(f"{url} answered with a web page, not the file; {_offline_hint(url)}")
     if sha256 is not None:
         got = file_sha256(tmp)
         if got != sha256.lower():

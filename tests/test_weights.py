@@ -142,6 +142,22 @@ def test_unreachable_url_names_itself_and_the_offline_route(tmp_path):
         entry.fetch()
 
 
+def test_a_web_page_instead_of_the_file_is_refused(tmp_path):
+    page = _file(tmp_path / "uc", b"<!DOCTYPE html><html><title>Google Drive - Virus scan warning</title>")
+    with pytest.raises(WeightsNotFoundError, match=r"answered with a web page.*weights="):
+        W.download(page.as_uri())
+    assert not W.cache_path(page.as_uri()).exists()
+
+
+def test_cli_lists_the_weights_a_model_uses(capsys):
+    from lightseg.cli import main
+
+    assert main(["models", "frm_van_b*", "--weights"]) == 0
+    out = capsys.readouterr().out
+    assert "van_b1.in1k" in out and "van_tiny_754.pth.tar" in out and "81.1" in out
+    assert "efficientformerv2" not in out and "van_b1: frm_van_b1" in out
+
+
 def test_local_paths_pass_through_and_missing_ones_fail(tmp_path):
     src = _file(tmp_path / "local.pth", b"x")
     assert W.resolve_path(str(src)) == src
