@@ -188,6 +188,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(" or ".join(errors))
+    if tp is str and isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads `off`/`no` as false: `--train.amp off`
     if tp is str and value is None:
         return ""  # `--data.val_split ""` (YAML reads an empty value as null): an empty string
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):

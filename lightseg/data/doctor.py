@@ -81,7 +81,12 @@ def check_pair(ds: SegDataset, i: int) -> dict[str, Any]:
             {
                 "file": str(mask_path),
                 "values": bad,
-                "problem": f"values outside 0..{ds.num_classes - 1} and not ignore (255) after the label rule",
+                "problem": f"values outside 0..{ds.num_classes - 1} and not ignore (255) after the label rule"
+                + (
+                    f" (if {bad[0]} marks unlabelled pixels: --data.ignore_index {bad[0]})"
+                    if len(bad) == 1
+                    else ""
+                ),
             }
         )
     out["hist"] = hist

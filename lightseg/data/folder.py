@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-import warnings
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from lightseg.data.base import (
 )
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+log = logging.getLogger(__name__)
 CLASS_FILES = ("classes.txt", "classes.json", "classes.yaml", "classes.yml")
 
 LAYOUTS = """\
@@ -256,12 +257,13 @@ class FolderDataset(SegDataset):
         top = _max_label(tuple(sorted(set(masks))), self._lut.tobytes(), self.reduce_zero_label)
         if top < 0:
             raise DataError(f"folder dataset at {root}: no class file and no labelled mask pixels to count")
-        warnings.warn(
-            f"folder dataset at {root}: no class file ({', '.join(CLASS_FILES)}) nor --data.classes; "
-            f"{top + 1} classes inferred from the masks (largest value {top}), named 0..{top}. A class "
-            "that appears in no mask is missed this way: write classes.txt to be sure.",
-            stacklevel=3,
-        )
+        log.warning(
+            "warning: folder dataset at %s: no class file (%s) nor --data.classes; %d classes inferred "
+            "from the masks (largest value %d), named 0..%d. A class that appears in no mask is missed "
+            "this way, and if %d marks unlabelled pixels add --data.ignore_index %d: write classes.txt "
+            "to be sure.",
+            root, ", ".join(CLASS_FILES), top + 1, top, top, top, top,
+        )  # fmt: skip
         return [str(i) for i in range(top + 1)]
 
     def _load_palette(self, root: Path, palette: Any) -> list[tuple[int, int, int]]:

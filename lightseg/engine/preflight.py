@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lightseg.config import Config
-from lightseg.errors import ConfigError, DataError
+from lightseg.errors import ConfigError, DataError, DatasetNotFoundError
 
 AMP_VALUES = ("off", "bf16", "fp16", "auto")
 EVAL_MODES = ("whole", "slide")
@@ -98,6 +98,8 @@ def open_split(cfg: Config, field: str, transform: Any = None) -> Any:
     split = getattr(cfg.data, field)
     try:
         ds = build_dataset_from_config(cfg.data, split, transform)
+    except DatasetNotFoundError as e:
+        raise ConfigError(f"data.root {cfg.data.root}: {e}") from e
     except DataError as e:
         raise ConfigError(f"data.{field} {split!r}: {e}") from e
     if len(ds) == 0:

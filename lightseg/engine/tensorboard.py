@@ -119,7 +119,7 @@ class EvalSummaries:
         if "confusion" in metrics:
             picture = confusion_image(np.asarray(metrics["confusion"]), names)
             self.writer.add_image("val/confusion", picture, iteration, dataformats="HWC")
-        if self.predictions:
+        if self.predictions and hasattr(self.dataset, "load"):  # a SegDataset: originals to show
             rows = []
             for index, pred in self.predictions:
                 image, gt = self.dataset.load(index)
