@@ -327,7 +327,7 @@ FAST = [
 ]  # fmt: skip
 
 
-def test_recipe_free_run_trains_evaluates_and_shows_the_model(shared_data, tmp_path, monkeypatch):
+def test_recipe_free_run_trains_evaluates_and_shows_the_model(shared_data, tmp_path, monkeypatch, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _camvid_folder(shared_data, tmp_path / "street")
@@ -335,6 +335,9 @@ def test_recipe_free_run_trains_evaluates_and_shows_the_model(shared_data, tmp_p
     argv = ["train", "--model", "cgrseg_t", "--data.root", "street", "--data.ignore_index", "11", *FAST]
     assert cli_main(argv) == 0
     run = tmp_path / "runs/cgrseg_t_street"
+    out = capsys.readouterr().out
+    assert "initial weights: none, cgrseg_t starts from random initialisation" in out
+    assert "run directory runs/cgrseg_t_street (named after model and data" in out
     assert {"last.pt", "best.pt", "config.yaml", "final_metrics.json", "split.json"} <= {
         p.name for p in run.iterdir()
     }
@@ -350,6 +353,10 @@ def test_recipe_free_run_trains_evaluates_and_shows_the_model(shared_data, tmp_p
     assert {"val/confusion", "val/samples"} <= set(events.Tags()["images"])
     grid = events.Images("val/samples")[-1]
     assert grid.height == 2 * (160 + 4) and grid.width > 3 * 160  # 2 val images: image | truth | prediction
+
+    # eval takes the model and the data settings from the checkpoint
+    assert cli_main(["eval", "--weights", str(run / "last.pt"), "--split", "val", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_class"].keys() == set(NAMES)
 
     # the same command again would get a new directory and leave this run untouched
     from lightseg.engine.preflight import resolve_work_dir
@@ -379,3 +386,23 @@ def test_custom_data_doc_commands_run_as_written(shared_data, tmp_path, monkeypa
     assert "[all] 20 pairs — OK" in out and "mIoU" in out
     assert len(list((tmp_path / "predictions").rglob("*.png"))) >= 20
     assert (tmp_path / "my_model.onnx").stat().st_size > 1_000_000
+
+
+def test_recipe_free_defaults_come_from_the_model_and_yield_to_the_command_line():
+    from lightseg.cli.train import recipe_free_config
+
+    scratch = recipe_free_config(["--model.name", "cgrseg_t", "--data.root", "d", "--train.iters", "300"])
+    assert (scratch.data.dataset, scratch.model.kwargs, scratch.optim.lr, scratch.optim.head_lr_mult) == (
+        "folder",
+        {},
+        2e-3,
+        1.0,
+    )
+    assert scratch.schedule.warmup_iters == 30 and scratch.eval.interval == 75 and scratch.run.work_dir == ""
+    imagenet = recipe_free_config(["--model.name", "frm_effnetlite0", "--data.root", "d"])
+    assert imagenet.model.kwargs == {"pretrained": True} and imagenet.optim.lr == 6e-5
+    assert imagenet.optim.head_lr_mult == 10.0 and imagenet.schedule.warmup_iters == 1500
+    mine = recipe_free_config(["--model.name", "cgrseg_t", "--data.root", "d", "--optim.lr", "0.01"])
+    assert mine.optim.lr == 0.01
+    with pytest.raises(ConfigError, match=r"needs --data\.root"):
+        recipe_free_config(["--model.name", "cgrseg_t"])

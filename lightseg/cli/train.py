@@ -59,8 +59,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 PAPER_LR = {"frm": 6.0e-5, "cgrseg": 1.2e-4}
 
 
-def recipe_free_config(model_name: str, tokens: list[str]) -> Any:
-    """The configuration of ``lightseg train --model NAME --data.root DIR`` (``tokens`` applied last).
+def recipe_free_config(tokens: list[str]) -> Any:
+    """The configuration of ``lightseg train --model NAME --data.root DIR [...]`` (``tokens``).
 
     Data: your own folder (``data.dataset folder``) with the papers' pipeline (512 x 512 crops).
     Model: its ImageNet backbone where one is available (``pretrained`` of the ``*_effnetlite0``
@@ -68,7 +68,7 @@ def recipe_free_config(model_name: str, tokens: list[str]) -> Any:
     initialisation, 2e-3 for every parameter (what trained best from scratch on CamVid here).
     Schedule: ``train.iters`` (default 20000) with a warm-up of 10% of them at most (1500 at most),
     evaluation and a checkpoint every quarter of the run, batch 8. The run directory is
-    ``runs/<model>_<folder name>`` (fresh).
+    ``runs/<model>_<folder name>`` (fresh). Whatever ``tokens`` set wins.
     """
     from lightseg.config import Config, apply_overrides, given_fields
     from lightseg.models.registry import get_entry
@@ -76,34 +76,33 @@ def recipe_free_config(model_name: str, tokens: list[str]) -> Any:
     given = given_fields(tokens)
     if "data.root" not in given:
         raise ConfigError("training without a recipe needs --data.root DIR (your images and masks)")
-    cfg = Config()
-    cfg.model.name = model_name
-    cfg.data.dataset = "folder"
-    cfg.train.batch_size = 8
-    cfg.train.iters = 20_000
-    entry = get_entry(model_name)
-    if "pretrained" in inspect.signature(entry.factory).parameters:
-        cfg.model.kwargs = {"pretrained": True}
-    apply_overrides(cfg, tokens)
+    cfg = apply_overrides(Config(), tokens)
+    name = cfg.model.name
     imagenet = bool(cfg.model.weights or cfg.model.kwargs.get("pretrained"))
-    family = "frm" if model_name.startswith("frm") else "cgrseg"
+    if "model.kwargs" not in given and "pretrained" in inspect.signature(get_entry(name).factory).parameters:
+        cfg.model.kwargs = {"pretrained": True}
+        imagenet = True
+    iters = cfg.train.iters if "train.iters" in given else 20_000
     defaults = {
-        "optim.lr": PAPER_LR[family] if imagenet else 2.0e-3,
+        "data.dataset": "folder",
+        "train.iters": iters,
+        "train.batch_size": 8,
+        "optim.lr": PAPER_LR["frm" if name.startswith("frm") else "cgrseg"] if imagenet else 2.0e-3,
         "optim.head_lr_mult": 10.0 if imagenet else 1.0,
-        "schedule.warmup_iters": min(1500, cfg.train.iters // 10),
-        "eval.interval": max(cfg.train.iters // 4, 1),
-        "train.ckpt_interval": max(cfg.train.iters // 4, 1),
-        "train.log_interval": min(50, max(cfg.train.iters // 20, 1)),
+        "schedule.warmup_iters": min(1500, iters // 10),
+        "eval.interval": max(iters // 4, 1),
+        "train.ckpt_interval": max(iters // 4, 1),
+        "train.log_interval": min(50, max(iters // 20, 1)),
     }
     for key, value in defaults.items():
         if key not in given:
-            section, name = key.split(".")
-            setattr(getattr(cfg, section), name, value)
+            section, field = key.split(".")
+            setattr(getattr(cfg, section), field, value)
     return cfg
 
 
 def run_train(args: argparse.Namespace, rest: list[str]) -> int:
-    from lightseg.config import load_config
+    from lightseg.config import given_fields, load_config
     from lightseg.engine.train import train
 
     recipe, overrides = split_recipe(rest)
@@ -111,8 +110,8 @@ def run_train(args: argparse.Namespace, rest: list[str]) -> int:
         overrides = ["--model.name", args.model_name, *overrides]
     if recipe is not None:
         cfg = load_config(recipe, overrides)
-    elif args.model_name:
-        cfg = recipe_free_config(args.model_name, overrides)
+    elif "model.name" in given_fields(overrides):
+        cfg = recipe_free_config(overrides)
     else:
         raise ConfigError(
             "lightseg train needs a recipe (lightseg train RECIPE.yaml) or a model and your data "
