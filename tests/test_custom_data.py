@@ -406,3 +406,11 @@ def test_recipe_free_defaults_come_from_the_model_and_yield_to_the_command_line(
     assert mine.optim.lr == 0.01
     with pytest.raises(ConfigError, match=r"needs --data\.root"):
         recipe_free_config(["--model.name", "cgrseg_t"])
+
+
+def test_paper_recipes_train_in_fp32():
+    recipes = sorted((ROOT / "recipes").glob("*.yaml"))
+    assert recipes and all(load_config(r).train.amp == "off" for r in recipes)
+    assert (
+        Config().train.amp == "off" and apply_overrides(Config(), ["--train.amp", "off"]).train.amp == "off"
+    )

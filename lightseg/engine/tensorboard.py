@@ -53,10 +53,12 @@ def confusion_image(confusion: np.ndarray, class_names: Sequence[str]) -> np.nda
     if k > 40:
         return heat
     labels = [f"{i} {name}" for i, name in enumerate(class_names)]
-    label_w, top_h = 6 * max(len(t) for t in labels) + 8, 14
+    caption = "truth \\ predicted"
+    label_w, top_h = 6 * max(len(caption), *(len(t) for t in labels)) + 8, 14
     canvas = Image.new("RGB", (label_w + heat.shape[1], top_h + heat.shape[0]), (255, 255, 255))
     canvas.paste(Image.fromarray(heat), (label_w, top_h))
     draw = ImageDraw.Draw(canvas)
+    draw.text((2, 1), caption, fill=(0, 0, 0))
     for i, text in enumerate(labels):  # rows: "k name"; columns: k (the same class order)
         draw.text((2, top_h + i * cell + (cell - 10) // 2), text, fill=(0, 0, 0))
         if cell >= 12:
