@@ -9,8 +9,11 @@ overridden on the command line as ``--section.field value`` (YAML syntax for the
 Classes never import this module; the engine reads these dataclasses and calls classes.
 """
 
+# ruff: noqa: RUF009 - the fields are built by _f, a documented wrapper of dataclasses.field
+
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -24,59 +27,88 @@ import yaml
 from lightseg.errors import ConfigError
 
 
+def _f(default: Any, doc: str) -> Any:
+    """A dataclass field with its documentation (``--help`` and docs/config-reference.md show it)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class ModelConfig:
-    """``create_model(name, num_classes=<dataset's>, weights=..., pretrained=..., **kwargs)``;
-    ``weights`` (optional) is any checkpoint :func:`lightseg.load_weights` accepts (e.g. an ImageNet
-    backbone file); ``pretrained`` (``true`` or a tag of ``lightseg models --weights``) starts the
-    backbone from its published ImageNet weights."""
+    """The model: ``create_model(name, num_classes=<the dataset's>, weights=..., pretrained=...,
+    **kwargs)``."""
 
-    name: str = "cgrseg_t"
-    kwargs: dict = field(default_factory=dict)
-    weights: str | None = None
-    pretrained: Any = False  # true/false or a tag; create_model checks it (unions convert to one type here)
+    name: str = _f("cgrseg_t", "registered model name (`lightseg models` lists them)")
+    kwargs: dict = _f({}, "constructor options, e.g. `{drop_path_rate: 0.1}`")
+    weights: str | None = _f(
+        None, "initial weights: any checkpoint `lightseg.load_weights` reads (e.g. an ImageNet backbone file)"
+    )
+    # true/false or a tag; create_model checks it (the converter handles one type per field).
+    pretrained: Any = _f(
+        False,
+        "start the backbone from its published ImageNet weights: true or a tag of `lightseg models --weights`",
+    )
 
 
 @dataclass
 class DataConfig:
-    """Dataset and pipelines (SPEC 1.6). ``scale`` is mmseg's (long side, short side) bound;
+    """The dataset and its pipelines. ``scale`` is mmseg's (long side, short side) bound;
     ``crop_size`` is (height, width); ``test_scale`` is the evaluation resize bound."""
 
-    dataset: str = "ade20k"
-    root: str = "data/ade/ADEChallengeData2016"
-    train_split: str = "train"
-    val_split: str = "val"
-    options: dict = field(default_factory=dict)  # forwarded to build_dataset (e.g. reduce_zero_label)
-    crop_size: list = field(default_factory=lambda: [512, 512])
-    scale: list = field(default_factory=lambda: [2048, 512])
-    ratio_range: list = field(default_factory=lambda: [0.5, 2.0])
-    cat_max_ratio: float = 0.75
-    test_scale: list = field(default_factory=lambda: [2048, 512])
-    num_workers: int = 2
+    dataset: str = _f(
+        "ade20k",
+        "dataset name: ade20k, cityscapes, coco_stuff164k, coco_stuff10k, "
+        "pascal_context59, pascal_context60, bdd100k, camvid or folder (your own data)",
+    )
+    root: str = _f("data/ade/ADEChallengeData2016", "dataset root folder")
+    train_split: str = _f("train", "split trained on")
+    val_split: str = _f("val", "split evaluated on during and after training (empty: no evaluation)")
+    classes: list | str | None = _f(
+        None,
+        "folder: class names (a list) or a class file (.txt, .json, .yaml); default: the root's classes.* file",
+    )
+    ignore_index: int | None = _f(
+        None, "folder: the value in your mask files that marks ignored pixels (mapped to 255)"
+    )
+    reduce_zero_label: bool | None = _f(None, "folder: mask value 0 means ignore and k means class k-1")
+    val_fraction: float | None = _f(
+        None, "folder, flat images/ + masks/ only: share of the pairs held out as `val` (default 0.1)"
+    )
+    split_seed: int | None = _f(None, "folder, flat layout only: seed of that held-out split (default 0)")
+    options: dict = _f({}, "further dataset options, e.g. `{mask_suffix: _mask.png}`")
+    crop_size: list = _f([512, 512], "training crop (height, width)")
+    scale: list = _f([2048, 512], "training resize bound (long side, short side) before the ratio")
+    ratio_range: list = _f([0.5, 2.0], "random scale ratio range of the training resize")
+    cat_max_ratio: float = _f(0.75, "re-draw a crop while one class covers at least this share of it")
+    test_scale: list = _f([2048, 512], "evaluation resize bound (long side, short side)")
+    num_workers: int = _f(2, "data loader processes (0: load in the training process)")
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with the original's parameter groups (SPEC 1.6, see ``engine/optim.py``)."""
+    """AdamW with the original's parameter groups (see ``engine/optim.py``)."""
 
-    lr: float = 1.2e-4
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.01
-    head_lr_mult: float = 10.0
-    # True: the original's substring rule ("head" anywhere in the name, so the backbone's
-    # talking_head convs get x10 too). False: only the decode head (``head.*``).
-    head_substring_rule: bool = True
-    grad_clip: float | None = None
+    lr: float = _f(1.2e-4, "base learning rate")
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    head_lr_mult: float = _f(10.0, "learning-rate multiplier of the decode head")
+    head_substring_rule: bool = _f(
+        True,
+        "true: the original's rule (every parameter with 'head' in its name gets head_lr_mult, "
+        "including the backbone's talking_head convs); false: only the decode head",
+    )
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value (null: no clipping)")
 
 
 @dataclass
 class ScheduleConfig:
     """Linear warm-up then poly decay, per iteration (mmcv ``policy='poly'``, ``by_epoch=False``)."""
 
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    power: float = 1.0
-    min_lr: float = 0.0
+    warmup_iters: int = _f(1500, "linear warm-up iterations (fewer than train.iters)")
+    warmup_ratio: float = _f(1e-6, "learning-rate factor at iteration 0 of the warm-up")
+    power: float = _f(1.0, "poly decay power")
+    min_lr: float = _f(0.0, "learning rate reached at the last iteration")
 
 
 @dataclass
@@ -84,39 +116,47 @@ class TrainConfig:
     """``batch_size`` is the total batch of one optimizer step over all processes and
     accumulation steps (16 in the papers); each process loads ``batch_size / (world * accum_steps)``."""
 
-    iters: int = 160_000
-    batch_size: int = 16
-    accum_steps: int = 1
-    amp: str = "auto"  # auto (bf16, else fp16, on CUDA; off on CPU) | off | bf16 | fp16
-    ema_decay: float = 0.0  # 0 disables the EMA of the weights
-    avg_non_ignore: bool = False  # the original averages the CE over all pixels (SPEC 1.2.7)
-    contrastive_weight: float = 0.0  # weight of the pixel contrastive term when the model gives embeddings
-    channels_last: bool = False
-    find_unused_parameters: bool = False  # DDP
-    log_interval: int = 50
-    ckpt_interval: int = 4000
+    iters: int = _f(160_000, "optimizer steps")
+    batch_size: int = _f(16, "total batch of one step, over all processes and accumulation steps")
+    accum_steps: int = _f(1, "gradient accumulation steps per optimizer step")
+    amp: str = _f(
+        "off",
+        "mixed precision: off (fp32, as the papers trained) | bf16 | fp16 | auto (bf16, else fp16, on CUDA)",
+    )
+    ema_decay: float = _f(0.0, "decay of an exponential moving average of the weights (0: none)")
+    avg_non_ignore: bool = _f(
+        False, "average the cross-entropy over labelled pixels only (the papers average over all)"
+    )
+    contrastive_weight: float = _f(0.0, "weight of the pixel contrastive term (models with embeddings)")
+    channels_last: bool = _f(False, "channels-last memory format")
+    find_unused_parameters: bool = _f(False, "DDP find_unused_parameters")
+    log_interval: int = _f(50, "iterations between training log records")
+    ckpt_interval: int = _f(4000, "iterations between checkpoints (last.pt)")
 
 
 @dataclass
 class EvalConfig:
-    """Inference for evaluation: ``mode`` whole | slide; ``scales`` are ratios of the resized
-    image (multi-scale TTA when more than one); probabilities are averaged over scales and flips."""
+    """Inference for evaluation. With several ``scales`` the original image is resized to
+    ``test_scale`` x each ratio (multi-scale test-time augmentation, as mmseg); probabilities are
+    averaged over scales and flips."""
 
-    interval: int = 16_000  # 0: evaluate only at the end
-    mode: str = "whole"
-    crop_size: list = field(default_factory=lambda: [512, 512])
-    stride: list = field(default_factory=lambda: [341, 341])
-    scales: list = field(default_factory=lambda: [1.0])
-    flip: bool = False
+    interval: int = _f(16_000, "iterations between evaluations (0: evaluate only at the end)")
+    mode: str = _f("whole", "whole | slide")
+    crop_size: list = _f([512, 512], "slide mode: window (height, width)")
+    stride: list = _f([341, 341], "slide mode: window stride (height, width)")
+    scales: list = _f([1.0], "ratios of data.test_scale; more than one: multi-scale test-time augmentation")
+    flip: bool = _f(False, "also average the horizontally flipped image")
 
 
 @dataclass
 class RunConfig:
-    work_dir: str = "runs/default"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: str = "auto"  # auto (continue <work_dir>/last.pt if present) | none | a checkpoint path
-    tensorboard: bool = True
+    """Where and how the run happens."""
+
+    work_dir: str = _f("", "run directory (empty: runs/<model>_<data>, a fresh one that no other run used)")
+    seed: int = _f(0, "random seed")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    resume: str = _f("auto", "auto (continue <work_dir>/last.pt if present) | none | a checkpoint path")
+    tensorboard: bool = _f(True, "write TensorBoard events to <work_dir>/tb")
 
 
 @dataclass
@@ -147,8 +187,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
+        errors = []
+        for inner in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, inner, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(" or ".join(errors))
+    if tp is str and isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads `off`/`no` as false: `--train.amp off`
     if tp is str and value is None:
         return ""  # `--data.val_split ""` (YAML reads an empty value as null): an empty string
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
@@ -172,7 +219,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Older spellings still accepted: (section, old name) -> field name.
+ALIASES = {("data", "name"): "dataset"}
+
+
 def _set(cfg: Config, section: str, name: str, value: Any, source: str) -> None:
+    name = ALIASES.get((section, name), name)
     sections = [f.name for f in dataclasses.fields(Config)]
     if section not in sections:
         raise ConfigError(f"{source}: unknown section {section!r}.{_close(section, sections)}")
@@ -200,11 +252,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a recipe and apply ``--section.field value`` overrides (a flat list of CLI tokens)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"recipe not found: {path}")
-    with open(path) as f:
-        cfg = config_from_dict(yaml.safe_load(f) or {}, source=str(path))
+        raise ConfigError(f"recipe not found: {path} (a recipe is a YAML file; see recipes/*.yaml)")
+    data = _parse_yaml(path.read_text(), str(path))
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of section: {{field: value}}")
+    cfg = config_from_dict(data or {}, source=str(path))
     apply_overrides(cfg, overrides or [])
     return cfg
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` whose errors name the source and line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: invalid YAML ({problem})") from None
 
 
 def apply_overrides(cfg: Config, tokens: list[str]) -> Config:
@@ -223,11 +288,93 @@ def apply_overrides(cfg: Config, tokens: list[str]) -> Config:
             key, raw = tok[2:], tokens[i + 1]
             i += 2
         section, name = key.split(".", 1)
-        _set(cfg, section, name.replace("-", "_"), yaml.safe_load(raw), source=f"--{key}")
+        value = _parse_yaml(raw, f"--{key}")
+        _set(cfg, section, name.replace("-", "_"), value, source=f"--{key}")
     return cfg
+
+
+def given_fields(tokens: list[str]) -> set[str]:
+    """``{"section.field", ...}`` named by override tokens (aliases resolved)."""
+    out = set()
+    for tok in tokens:
+        if tok.startswith("--") and "." in tok:
+            section, name = tok[2:].split("=", 1)[0].split(".", 1)
+            name = name.replace("-", "_")
+            out.add(f"{section}.{ALIASES.get((section, name), name)}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The field reference: `--help` of each verb and docs/config-reference.md are generated from here.
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def field_rows(section: str) -> list[tuple[str, str, str, str]]:
+    """``(option, type, default, doc)`` of every field of ``section``."""
+    cls = type(getattr(Config(), section))
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = getattr(cls(), f.name)
+        rows.append(
+            (
+                f"{section}.{f.name}",
+                _type_name(hints[f.name]),
+                json_default(default),
+                f.metadata.get("doc", ""),
+            )
+        )
+    return rows
+
+
+def json_default(value: Any) -> str:
+    return (
+        "null"
+        if value is None
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+    )
+
+
+def fields_help(sections: list[str]) -> str:
+    """Plain-text list of the ``--section.field`` options of ``sections`` (a verb's ``--help``)."""
+    lines = ["options --section.field VALUE (VALUE in YAML syntax):"]
+    for section in sections:
+        for option, tp, default, doc in field_rows(section):
+            lines.append(f"  --{option} {tp} (default {default})\n      {doc}")
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The text of docs/config-reference.md."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Every field can be set in a recipe (`section:` then `field: value`) or on the command line as",
+        "`--section.field VALUE`, the value in YAML syntax (`--data.crop_size [256,256]`). The same",
+        "`--data.*` fields work in `lightseg train`, `lightseg eval` and `lightseg data check`.",
+        "This page is generated from `lightseg/config.py` (`python -m lightseg.config > docs/config-reference.md`).",
+    ]
+    for f in dataclasses.fields(Config):
+        cls = type(getattr(Config(), f.name))
+        out += ["", f"## {f.name}", "", " ".join((cls.__doc__ or "").split()), ""]
+        out += ["| option | type | default | meaning |", "|---|---|---|---|"]
+        for option, tp, default, doc in field_rows(f.name):
+            cells = [f"`--{option}`", tp.replace("|", "\\|"), f"`{default}`", doc.replace("|", "\\|")]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(cfg.to_yaml())
     return path
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

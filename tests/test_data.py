@@ -12,6 +12,7 @@ from PIL import Image
 from lightseg.cli import main as cli_main
 from lightseg.data import DATASETS, DataError, build_dataset
 from lightseg.data.doctor import BINARY_MASK_PROBLEM, check
+from lightseg.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------
 # helpers: real PNG/JPEG files in the exact naming conventions
@@ -226,7 +227,7 @@ def test_errors_name_layout_file_and_problem(tmp_path: Path) -> None:
         build_dataset("ade20k", tmp_path / "ADEChallengeData2017", "train")
     with pytest.raises(DataError, match=r"images/\{training,validation\}"):
         build_dataset("ade20k", tmp_path / "ADEChallengeData2016", "train")
-    with pytest.raises(KeyError, match="did you mean cityscapes"):
+    with pytest.raises(ConfigError, match="did you mean cityscapes"):
         build_dataset("citiscapes", tmp_path, "train")
     assert set(DATASETS) == {
         "ade20k", "cityscapes", "coco_stuff164k", "coco_stuff10k", "pascal_context59", "pascal_context60",

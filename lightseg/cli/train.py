@@ -1,22 +1,122 @@
-"""`lightseg train` and `lightseg eval`."""
+"""`lightseg train` and `lightseg eval`.
+
+``lightseg train RECIPE.yaml [--section.field VALUE ...]`` runs a recipe (a pinned, published
+setting). ``lightseg train --model NAME --data.root DIR [...]`` needs none: the defaults come from
+the model (:func:`recipe_free_config`) and the data (class count and names). ``lightseg eval``
+takes the model, and without a recipe the whole configuration, from the checkpoint.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from lightseg.errors import ConfigError
+
+TRAIN_SECTIONS = ["model", "data", "optim", "schedule", "train", "eval", "run"]
+
+
+def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """``(recipe, overrides)`` from what argparse left: the one token that is not an option or an
+    option's value is the recipe."""
+    recipe, rest, i = None, [], 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("--"):
+            take = 1 if "=" in tok else 2
+            rest += tokens[i : i + take]
+            i += take
+            continue
+        if recipe is not None:
+            raise ConfigError(f"one recipe at most, got {recipe!r} and {tok!r}")
+        recipe, i = tok, i + 1
+    return recipe, rest
+
+
+def _with_fields(p: argparse.ArgumentParser, sections: list[str], usage: str) -> None:
+    from lightseg.config import fields_help
+
+    p.usage = usage
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = fields_help(sections)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="a recipe YAML (recipes/*.yaml); then --section.field value overrides")
+    _with_fields(
+        p,
+        TRAIN_SECTIONS,
+        "lightseg train [RECIPE.yaml] [--model NAME] [--resume CKPT] [--section.field VALUE ...]\n"
+        "       e.g. lightseg train --model cgrseg_t --data.root my_data --train.iters 4000",
+    )
+    p.add_argument("--model", dest="model_name", default=None, help="model name (same as --model.name)")
     p.add_argument(
         "--resume", default=None, help="checkpoint to continue from (default: <work_dir>/last.pt if any)"
     )
 
 
+# The papers' AdamW learning rates with ImageNet-initialised backbones (head x10), per family.
+PAPER_LR = {"frm": 6.0e-5, "cgrseg": 1.2e-4}
+
+
+def recipe_free_config(tokens: list[str]) -> Any:
+    """The configuration of ``lightseg train --model NAME --data.root DIR [...]`` (``tokens``).
+
+    Data: your own folder (``data.dataset folder``) with the papers' pipeline (512 x 512 crops).
+    Model: its backbone's published ImageNet weights where there are some (``model.pretrained``,
+    see ``lightseg models --weights``; ``--model.pretrained false`` opts out); then the papers'
+    learning rate with the head at x10, else, from random initialisation, 2e-3 for every
+    parameter (what trained best from scratch on CamVid here).
+    Schedule: ``train.iters`` (default 20000) with a warm-up of 10% of them at most (1500 at most),
+    evaluation and a checkpoint every quarter of the run, batch 8. The run directory is
+    ``runs/<model>_<folder name>`` (fresh). Whatever ``tokens`` set wins.
+    """
+    from lightseg.config import Config, apply_overrides, given_fields
+    from lightseg.models.registry import get_entry
+    from lightseg.weights import list_weights
+
+    given = given_fields(tokens)
+    if "data.root" not in given:
+        raise ConfigError("training without a recipe needs --data.root DIR (your images and masks)")
+    cfg = apply_overrides(Config(), tokens)
+    name = cfg.model.name
+    if not {"model.pretrained", "model.weights"} & given and list_weights(get_entry(name).weights_name):
+        cfg.model.pretrained = True  # published ImageNet weights: the largest accuracy lever there is
+    imagenet = bool(cfg.model.weights or cfg.model.pretrained)
+    iters = cfg.train.iters if "train.iters" in given else 20_000
+    defaults = {
+        "data.dataset": "folder",
+        "train.iters": iters,
+        "train.batch_size": 8,
+        "optim.lr": PAPER_LR["frm" if name.startswith("frm") else "cgrseg"] if imagenet else 2.0e-3,
+        "optim.head_lr_mult": 10.0 if imagenet else 1.0,
+        "schedule.warmup_iters": min(1500, iters // 10),
+        "eval.interval": max(iters // 4, 1),
+        "train.ckpt_interval": max(iters // 4, 1),
+        "train.log_interval": min(50, max(iters // 20, 1)),
+    }
+    for key, value in defaults.items():
+        if key not in given:
+            section, field = key.split(".")
+            setattr(getattr(cfg, section), field, value)
+    return cfg
+
+
 def run_train(args: argparse.Namespace, rest: list[str]) -> int:
-    from lightseg.config import load_config
+    from lightseg.config import given_fields, load_config
     from lightseg.engine.train import train
 
-    cfg = load_config(args.recipe, rest)
+    recipe, overrides = split_recipe(rest)
+    if args.model_name:
+        overrides = ["--model.name", args.model_name, *overrides]
+    if recipe is not None:
+        cfg = load_config(recipe, overrides)
+    elif "model.name" in given_fields(overrides):
+        cfg = recipe_free_config(overrides)
+    else:
+        raise ConfigError(
+            "lightseg train needs a recipe (lightseg train RECIPE.yaml) or a model and your data "
+            "(lightseg train --model cgrseg_t --data.root DIR); `lightseg models` lists the models"
+        )
     if args.resume:
         cfg.run.resume = args.resume
     train(cfg)
@@ -24,20 +124,52 @@ def run_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "recipe", help="the recipe the model was trained with; then --section.field value overrides"
+    _with_fields(
+        p,
+        ["data", "eval", "run"],
+        "lightseg eval [RECIPE.yaml] --weights W [--split S] [--data.field VALUE ...]\n"
+        "       without a recipe the model (and for a training checkpoint the data) come from W",
     )
     p.add_argument("--weights", required=True, help="checkpoint (training .pt, lightseg safetensors, ...)")
-    p.add_argument("--split", default=None, help="dataset split (default: the recipe's data.val_split)")
+    p.add_argument("--split", default=None, help="dataset split (default: data.val_split)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument(
         "--cityscapes-out", default=None, help="also write test-server labelId PNGs to this folder"
     )
 
 
+def config_from_weights(weights: str, tokens: list[str]) -> Any:
+    """The configuration a checkpoint implies: a training checkpoint's own, else its model and
+    ``--data.*`` from the command line (your own folder by default)."""
+    from lightseg.checkpoint import TRAIN_FORMAT, read_safetensors, resolve_path
+    from lightseg.config import Config, apply_overrides, config_from_dict, given_fields
+
+    path = resolve_path(weights)
+    if path.suffix == ".safetensors":
+        _, meta = read_safetensors(path)
+        if not meta.get("model_name"):
+            raise ConfigError(
+                f"{path} names no model; give the recipe: lightseg eval RECIPE.yaml --weights {path}"
+            )
+        cfg = Config()
+        cfg.model.name = meta["model_name"]
+        cfg.data.dataset = "folder"
+        if "data.root" not in given_fields(tokens):
+            raise ConfigError(f"{path} records no dataset; add --data.root DIR (and --data.dataset NAME)")
+        return apply_overrides(cfg, tokens)
+    from lightseg.engine.runtime import load_train_checkpoint
+
+    ckpt = load_train_checkpoint(path)
+    if ckpt.get("format") != TRAIN_FORMAT or "config" not in ckpt:
+        raise ConfigError(f"{path} carries no configuration; give the recipe it was trained with")
+    return apply_overrides(config_from_dict(ckpt["config"], source=str(path)), tokens)
+
+
 def run_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from lightseg.config import load_config
     from lightseg.engine.evaluate import run_eval
 
-    run_eval(load_config(args.recipe, rest), args.weights, args.format, args.split, args.cityscapes_out)
+    recipe, overrides = split_recipe(rest)
+    cfg = load_config(recipe, overrides) if recipe else config_from_weights(args.weights, overrides)
+    run_eval(cfg, args.weights, args.format, args.split, args.cityscapes_out)
     return 0

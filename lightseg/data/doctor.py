@@ -81,7 +81,12 @@ def check_pair(ds: SegDataset, i: int) -> dict[str, Any]:
             {
                 "file": str(mask_path),
                 "values": bad,
-                "problem": f"values outside 0..{ds.num_classes - 1} and not ignore (255) after the label rule",
+                "problem": f"values outside 0..{ds.num_classes - 1} and not ignore (255) after the label rule"
+                + (
+                    f" (if {bad[0]} marks unlabelled pixels: --data.ignore_index {bad[0]})"
+                    if len(bad) == 1
+                    else ""
+                ),
             }
         )
     out["hist"] = hist
@@ -131,16 +136,14 @@ def check_dataset(ds: SegDataset, workers: int = 0) -> dict[str, Any]:
 
 
 def default_splits(ds_cls: type[SegDataset], root: Path) -> list[str]:
-    """The splits to check when none is named: the dataset's own, or for ``folder`` what is on disk."""
+    """The splits to check when none is named: the dataset's own, or for ``folder`` what is on disk
+    (``all`` for a flat folder: every pair once)."""
     if ds_cls.name != "folder":
         return list(ds_cls.splits)
-    subdirs = (
-        sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
-        if (root / "images").is_dir()
-        else []
-    )
-    lists = sorted(p.stem for p in root.glob("*.txt") if p.stem not in ("classes", "palette"))
-    return subdirs or lists or ["all"]
+    from lightseg.data.folder import detect_layout
+
+    layout, splits = detect_layout(Path(root))
+    return ["all"] if layout == "flat" else [s for s in splits if s != "all"]
 
 
 def check(
@@ -162,7 +165,7 @@ def check(
             continue  # an optional split (e.g. test) that this copy does not have
         reports[split] = check_dataset(ds, workers)
     if not reports:
-        raise DataError(f"{name} at {root}: no split found")
+        raise DataError(f"{name} at {root}: none of the splits {DATASETS[name].splits or ''} found")
     return reports
 
 
@@ -187,33 +190,10 @@ def format_text(reports: dict[str, dict[str, Any]], limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def parse_options(rest: list[str]) -> dict[str, Any]:
-    """``--data.KEY VALUE`` pairs (dataset options such as ``--data.reduce_zero_label true``) -> dict."""
-    import yaml
-
-    opts: dict[str, Any] = {}
-    it = iter(rest)
-    for tok in it:
-        if not tok.startswith("--data."):
-            raise ValueError(f"unrecognized argument {tok!r} (dataset options are --data.KEY VALUE)")
-        key, _, value = tok[len("--data.") :].partition("=")
-        if not value:
-            value = next(it, None)
-            if value is None:
-                raise ValueError(f"{tok} needs a value")
-        opts[key] = yaml.safe_load(value)
-    return opts
-
-
-def run_check(
-    name: str,
-    root: str,
-    splits: list[str] | None,
-    fmt: str = "text",
-    workers: int = 0,
-    rest: list[str] | None = None,
-) -> int:
+def run_check(data_cfg: Any, splits: list[str] | None, fmt: str = "text", workers: int = 0) -> int:
     """``lightseg data check``: print the report; exit status 1 when anything is wrong, else 0."""
-    reports = check(name, root, splits, workers, **parse_options(rest or []))
+    from lightseg.data import dataset_options
+
+    reports = check(data_cfg.dataset, data_cfg.root, splits, workers, **dataset_options(data_cfg))
     print(json.dumps(reports, indent=2) if fmt == "json" else format_text(reports))
     return 0 if all(r["ok"] for r in reports.values()) else 1

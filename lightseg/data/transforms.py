@@ -444,16 +444,56 @@ def build_train_transform(
     return Compose(ts)
 
 
+class MultiScaleResize:
+    """Multi-scale test-time augmentation as mmseg's ``MultiScaleFlipAug(img_ratios=...)``: the
+    ORIGINAL image resized to ``scale`` x each ratio (keeping the aspect), each normalised.
+
+    Sets ``images`` (one float32 (3, h_r, w_r) tensor per ratio) and ``image`` (the first); the
+    mask stays at its original size.
+    """
+
+    def __init__(
+        self,
+        scale: Sequence[int],
+        ratios: Sequence[float],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.resizes = [
+            Resize((int(scale[0] * r), int(scale[1] * r)), None, resize_mask=False) for r in ratios
+        ]
+        self.normalize = Normalize(mean, std)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        original = sample["image"]
+        images = []
+        for resize in self.resizes:
+            out = self.normalize(resize({**sample, "image": original, "meta": dict(sample["meta"])}))
+            images.append(out["image"])
+        sample = ToTensor()({**sample, "image": images[0]})
+        sample["images"] = images
+        return sample
+
+    def __repr__(self) -> str:
+        return f"MultiScaleResize({[r.scale for r in self.resizes]})"
+
+
 def build_eval_transform(
     scale: Sequence[int] = (2048, 512),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     size_divisor: int | None = None,
+    ratios: Sequence[float] | None = None,
 ) -> Compose:
     """Evaluation: resize the image keeping aspect (mmseg rescale), normalise; mask kept at ORIGINAL size.
 
     Padding to a multiple of 32 is left to the inference code unless ``size_divisor`` is given.
+    ``ratios`` other than ``[1.0]``: multi-scale test-time augmentation (:class:`MultiScaleResize`).
     """
+    if ratios is not None and list(ratios) != [1.0]:
+        if size_divisor:
+            raise ValueError("multi-scale evaluation pads in the inference code; leave size_divisor unset")
+        return Compose([MultiScaleResize(scale, ratios, mean, std)])
     ts: list[Any] = [Resize(scale, None, resize_mask=False), Normalize(mean, std)]
     if size_divisor:
         ts.append(Pad(size_divisor=size_divisor, pad_mask=False))

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightseg.config import Config, EvalConfig
-from lightseg.engine.inference import predict_probs
+from lightseg.engine.inference import average_probs, predict_probs
 from lightseg.metrics import SegMetrics, format_table
 
 # Cityscapes trainId (0..18) -> labelId, the ids the test server expects (cityscapesScripts labels.py).
@@ -30,14 +30,18 @@ CITYSCAPES_TRAINID_TO_LABELID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 2
 
 
 def build_eval_dataset(cfg: Config, split: str) -> Dataset:
-    """``split`` with the recipe's test pipeline (resize to ``data.test_scale`` keeping the aspect)."""
-    from lightseg.data import build_dataset
+    """``split`` with the recipe's test pipeline (resize to ``data.test_scale`` keeping the aspect;
+    with several ``eval.scales`` the original image resized to each ratio of it)."""
+    from lightseg.data import build_dataset_from_config
+
+    return build_dataset_from_config(cfg.data, split, eval_transform(cfg))
+
+
+def eval_transform(cfg: Config) -> Any:
+    """The recipe's test pipeline (see :func:`build_eval_dataset`)."""
     from lightseg.data.transforms import build_eval_transform
 
-    d = cfg.data
-    return build_dataset(
-        d.dataset, d.root, split, transform=build_eval_transform(scale=tuple(d.test_scale)), **d.options
-    )
+    return build_eval_transform(scale=tuple(cfg.data.test_scale), ratios=cfg.eval.scales)
 
 
 def _shard(n: int) -> range:
@@ -56,12 +60,14 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     on_prediction: Callable[[torch.Tensor, dict], None] | None = None,
+    with_confusion: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on ``dataset`` (``{"mIoU", "mAcc", "aAcc", "per_class"}``, percent).
 
     ``dataset[i]`` gives ``image`` (3 x h x w, normalised, resized) and ``mask`` (H x W, original
     size); the prediction is made at H x W. ``on_prediction(pred HxW int64, meta)`` sees every
-    prediction (e.g. to write files).
+    prediction (e.g. to write files). ``with_confusion`` adds ``"confusion"``, the K x K count
+    matrix (rows: ground truth, columns: prediction).
     """
     from tqdm import tqdm
 
@@ -78,18 +84,25 @@ def evaluate(
         sample = dataset[i]
         image = torch.as_tensor(sample["image"])[None].to(device)
         mask = torch.as_tensor(sample["mask"])
+        opts = {"mode": eval_cfg.mode, "crop_size": eval_cfg.crop_size, "stride": eval_cfg.stride}
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            probs = predict_probs(
-                model, image, tuple(mask.shape[-2:]), mode=eval_cfg.mode, crop_size=eval_cfg.crop_size,
-                stride=eval_cfg.stride, scales=eval_cfg.scales, flip=eval_cfg.flip,
-            )  # fmt: skip
+            if "images" in sample:  # multi-scale: each scale already resized from the original image
+                inputs = [torch.as_tensor(x)[None].to(device) for x in sample["images"]]
+                probs = average_probs(model, inputs, tuple(mask.shape[-2:]), flip=eval_cfg.flip, **opts)
+            else:
+                probs = predict_probs(
+                    model, image, tuple(mask.shape[-2:]), scales=eval_cfg.scales, flip=eval_cfg.flip, **opts
+                )
         pred = probs.argmax(1)[0].cpu()
         metrics.update(pred, mask)
         if on_prediction is not None:
             on_prediction(pred, sample.get("meta", {}))
     metrics.all_reduce()
     model.train(was_training)
-    return metrics.compute()
+    result = metrics.compute()
+    if with_confusion:
+        result["confusion"] = metrics.matrix.clone()
+    return result
 
 
 def write_cityscapes_label_ids(pred: torch.Tensor, path: str | Path) -> Path:

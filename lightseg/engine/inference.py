@@ -88,6 +88,52 @@ def _num_classes(model: nn.Module) -> int:
 
 
 @torch.no_grad()
+def average_probs(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    out_size: Sequence[int],
+    *,
+    mode: str = "whole",
+    crop_size: Sequence[int] = (512, 512),
+    stride: Sequence[int] = (341, 341),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities N x K x H' x W' averaged over ``inputs`` (one normalised batch per
+    scale, each made from the original image) and, with ``flip``, their mirror images (mmseg's
+    aug_test). Each pass's logits are resized to ``out_size`` before the softmax."""
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    out_size = tuple(out_size)
+    total = None
+    passes = 0
+    for x in inputs:
+        for flipped in (False, True) if flip else (False,):
+            xi = x.flip(-1) if flipped else x
+            if mode == "whole":
+                logits = forward_whole(model, xi)
+            else:
+                logits = forward_slide(model, xi, _num_classes(model), crop_size, stride)
+            if flipped:
+                logits = logits.flip(-1)
+            probs = resize_logits(logits.float(), out_size).softmax(1)
+            total = probs if total is None else total + probs
+            passes += 1
+    return total / passes
+
+
+def scaled_sizes(h: int, w: int, scales: Sequence[float]) -> list[tuple[int, int]]:
+    """``(round(h * s), round(w * s))`` per scale; a scale that leaves no pixel is an InputError."""
+    sizes = [(round(h * s), round(w * s)) for s in scales]
+    for s, (sh, sw) in zip(scales, sizes):
+        if sh < 1 or sw < 1:
+            raise InputError(
+                f"a {h}x{w} image is too small for test-time scale {s} ({sh}x{sw} pixels); use scales "
+                f"that keep at least one pixel (e.g. scales >= {max(1 / h, 1 / w):.3g}) or a larger image"
+            )
+    return sizes
+
+
+@torch.no_grad()
 def predict_probs(
     model: nn.Module,
     image: torch.Tensor,
@@ -105,27 +151,14 @@ def predict_probs(
         out_size: (H', W') of the result, usually the original image/label size (default: H x W).
         mode: ``"whole"`` or ``"slide"`` (windows ``crop_size`` every ``stride``, as (h, w)).
         scales: ratios applied to ``image`` (bilinear) before inference; with ``flip`` each scale is
-            also run on the horizontally flipped image. The softmax probabilities of all passes are
-            resized to ``out_size`` and averaged (mmseg's aug_test).
+            also run on the horizontally flipped image. Pass the ORIGINAL image: each scale is one
+            resize of it, as in mmseg (evaluation uses ``MultiScaleResize`` for the same from uint8
+            pixels). The softmax probabilities of all passes are averaged (:func:`average_probs`).
     """
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     h, w = image.shape[-2:]
     out_size = tuple(out_size) if out_size is not None else (h, w)
-    total = None
-    passes = 0
-    for s in scales:
-        size = (round(h * s), round(w * s))
-        x = image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        for flipped in (False, True) if flip else (False,):
-            xi = x.flip(-1) if flipped else x
-            if mode == "whole":
-                logits = forward_whole(model, xi)
-            else:
-                logits = forward_slide(model, xi, _num_classes(model), crop_size, stride)
-            if flipped:
-                logits = logits.flip(-1)
-            probs = resize_logits(logits.float(), out_size).softmax(1)
-            total = probs if total is None else total + probs
-            passes += 1
-    return total / passes
+    inputs = [
+        image if size == (h, w) else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        for size in scaled_sizes(h, w, scales)
+    ]
+    return average_probs(model, inputs, out_size, mode=mode, crop_size=crop_size, stride=stride, flip=flip)

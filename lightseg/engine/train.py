@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from lightseg.checkpoint import with_classes
 from lightseg.config import Config, save_config
 from lightseg.engine import optim as optim_lib
-from lightseg.engine.evaluate import build_eval_dataset, evaluate
+from lightseg.engine import preflight
+from lightseg.engine.evaluate import build_eval_dataset, eval_transform, evaluate
 from lightseg.engine.runtime import (
     DistInfo,
     ModelEMA,
@@ -43,7 +44,8 @@ from lightseg.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from lightseg.errors import DivergenceError
+from lightseg.engine.tensorboard import EvalSummaries
+from lightseg.errors import DivergenceError, WeightsNotFoundError
 from lightseg.losses import SegLoss, build_seg_loss
 from lightseg.meta import META_KEY
 from lightseg.metrics import format_table
@@ -73,7 +75,6 @@ class TrainState:
 def build_train_dataset(cfg: Config) -> Dataset:
     """The training split with the SPEC 1.6 pipeline (resize x ratio, cat-max-ratio crop, flip,
     photometric distortion, normalise, pad)."""
-    from lightseg.data import build_dataset
     from lightseg.data.transforms import build_train_transform
 
     d = cfg.data
@@ -83,16 +84,24 @@ def build_train_dataset(cfg: Config) -> Dataset:
         ratio_range=tuple(d.ratio_range),
         cat_max_ratio=d.cat_max_ratio,
     )
-    return build_dataset(d.dataset, d.root, d.train_split, transform=transform, **d.options)
+    return preflight.open_split(cfg, "train_split", transform)
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int) -> tuple[nn.Module, str]:
+    """The model and a line saying where its initial weights came from."""
     from lightseg.models.build import create_model
 
     m = cfg.model
     kwargs = dict(m.kwargs)
     pretrained = kwargs.pop("pretrained", m.pretrained)  # configs written before model.pretrained
-    return create_model(m.name, num_classes, weights=m.weights, pretrained=pretrained, **kwargs)
+    try:
+        model = create_model(m.name, num_classes, weights=m.weights, pretrained=pretrained, **kwargs)
+    except WeightsNotFoundError as e:
+        raise WeightsNotFoundError(
+            f"{e}\n(in a run: --model.weights FILE, or --model.pretrained false to start from random "
+            "initialisation)"
+        ) from e
+    return model, preflight.describe_initial_weights(cfg, model)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -211,15 +220,26 @@ def train(
     ``model`` / ``train_set`` / ``val_set`` replace what the config would build (tests, notebooks).
     ``val_set`` of ``None`` builds the configured validation split when evaluation is due.
     """
+    preflight.check_config(cfg)
     info, device = init_distributed(cfg.run.device)
-    work_dir = Path(cfg.run.work_dir)
-    log = RunLog(work_dir, info, cfg.run.tensorboard)
+    work_dir, dir_note = preflight.resolve_work_dir(cfg, info)
+    cfg.run.work_dir = str(work_dir)
     seed_everything(cfg.run.seed + info.rank)
 
+    # Every split the run uses is opened (and checked) before anything is written or trained.
     train_set = train_set if train_set is not None else build_train_dataset(cfg)
+    if val_set is None and cfg.data.val_split:
+        val_set = preflight.open_split(cfg, "val_split", eval_transform(cfg))
+    preflight.check_classes(train_set, val_set, model)
+    log = RunLog(work_dir, info, cfg.run.tensorboard)
+    if dir_note:
+        log.info(dir_note)
     num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
     ignore_index = int(getattr(train_set, "ignore_index", 255))
-    model = model if model is not None else build_model(cfg, num_classes)
+    if model is None:
+        model, weights_note = build_model(cfg, num_classes)
+        log.info(weights_note)
+    preflight.record_split(train_set, work_dir, info.is_main)
     _record_labels(model, train_set)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -430,9 +450,16 @@ def _maybe_evaluate(
         for b in ctx.model.buffers():
             dist.broadcast(b, 0)
     net = ctx.ema.module if ctx.ema is not None else ctx.model
-    metrics = evaluate(net, val_set, cfg.eval, ctx.device, amp_dtype=ctx.amp_dtype, progress=ctx.info.is_main)
+    summaries = EvalSummaries(ctx.log.tb, val_set) if ctx.log.tb is not None else None
+    metrics = evaluate(
+        net, val_set, cfg.eval, ctx.device, amp_dtype=ctx.amp_dtype, progress=ctx.info.is_main,
+        on_prediction=summaries.collect() if summaries else None, with_confusion=summaries is not None,
+    )  # fmt: skip
     ctx.model.train()
     ctx.log.record("val", state.iteration, {k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")})
+    if summaries is not None:
+        summaries.write(state.iteration, metrics)
+        del metrics["confusion"]
     state.best["last_metrics"] = metrics
     if metrics["mIoU"] > state.best.get("mIoU", -1.0):
         state.best.update({"mIoU": metrics["mIoU"], "iteration": state.iteration})
@@ -442,7 +469,12 @@ def _maybe_evaluate(
         f"at {state.best['iteration']})"
     )
     if final:
-        ctx.log.info(format_table(metrics))
+        # The papers report the final weights (last.pt); best.pt was chosen by looking at this split.
+        ctx.log.info(
+            f"final weights (last.pt, iteration {state.iteration}) on the {cfg.data.val_split!r} split:\n"
+            f"{format_table(metrics)}\nbest.pt: iteration {state.best['iteration']}, selected on this same "
+            "split, so its figure is optimistic; report the final weights' figures"
+        )
         if ctx.info.is_main:
             (ctx.work_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=1))
     return val_set
