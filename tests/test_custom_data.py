@@ -382,7 +382,7 @@ def test_custom_data_doc_commands_run_as_written(shared_data, tmp_path, monkeypa
     for command in commands:
         argv = shlex.split(command)[1:]
         if argv[0] == "train":
-            argv += FAST  # the documented command, made short
+            argv += [*FAST, "--model.pretrained", "false"]  # made short; no hub is reachable here
         assert cli_main(argv) == 0, command
     out = capsys.readouterr().out
     assert "[all] 20 pairs — OK" in out and "mIoU" in out

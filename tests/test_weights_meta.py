@@ -97,6 +97,7 @@ def test_training_checkpoint_carries_the_dataset_labels(tmp_path):
     cfg = config_from_dict(
         {
             "data": {"num_workers": 0, "val_split": ""},
+            "schedule": {"warmup_iters": 0},
             "train": {"iters": 1, "batch_size": 2, "log_interval": 1, "ckpt_interval": 1},
             "eval": {"interval": 0},
             "run": {"work_dir": str(tmp_path), "tensorboard": False},
