@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightseg.errors import CheckpointError
+from lightseg.errors import CheckpointError, WeightsNotFoundError
 
 FORMAT_KEY = "format"
 TRAIN_FORMAT = "lightseg-train"
@@ -124,7 +124,7 @@ def resolve_path(path_or_url: str | os.PathLike) -> Path:
         return dest
     p = Path(s).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {p}")
+        raise WeightsNotFoundError(f"checkpoint file not found: {p}")
     return p
 
 

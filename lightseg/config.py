@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lightseg.errors import ConfigError
+from lightseg.errors import ConfigError, ConfigNotFoundError
 
 
 @dataclass
@@ -197,7 +197,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a recipe and apply ``--section.field value`` overrides (a flat list of CLI tokens)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"recipe not found: {path}")
+        raise ConfigNotFoundError(f"recipe not found: {path}")
     with open(path) as f:
         cfg = config_from_dict(yaml.safe_load(f) or {}, source=str(path))
     apply_overrides(cfg, overrides or [])

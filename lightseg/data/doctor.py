@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from lightseg.data.base import IGNORE_INDEX, DataError, DatasetNotFoundError, SegDataset, read_mask
+from lightseg.errors import ConfigError
 
 PROBLEM_KEYS = ("missing_masks", "missing_images", "unreadable", "size_mismatch", "bad_labels")
 
@@ -195,12 +196,12 @@ def parse_options(rest: list[str]) -> dict[str, Any]:
     it = iter(rest)
     for tok in it:
         if not tok.startswith("--data."):
-            raise ValueError(f"unrecognized argument {tok!r} (dataset options are --data.KEY VALUE)")
+            raise ConfigError(f"unrecognized argument {tok!r} (dataset options are --data.KEY VALUE)")
         key, _, value = tok[len("--data.") :].partition("=")
         if not value:
             value = next(it, None)
             if value is None:
-                raise ValueError(f"{tok} needs a value")
+                raise ConfigError(f"{tok} needs a value")
         opts[key] = yaml.safe_load(value)
     return opts
 

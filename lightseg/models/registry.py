@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from lightseg.errors import UnknownModelError
+from lightseg.errors import ConfigError, UnknownModelError
 from lightseg.meta import ModelMeta
 
 
@@ -42,7 +42,7 @@ def register_model(
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``fn`` under ``fn.__name__``."""
     if kind not in ("segmentor", "backbone"):
-        raise ValueError(f"kind must be 'segmentor' or 'backbone', got {kind!r}")
+        raise ConfigError(f"kind must be 'segmentor' or 'backbone', got {kind!r}")
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
