@@ -50,6 +50,8 @@ class DataConfig:
     cat_max_ratio: float = 0.75
     test_scale: list = field(default_factory=lambda: [2048, 512])
     num_workers: int = 2
+    on_error: str = "fail"  # fail (after an emergency checkpoint) | skip (unreadable samples, listed)
+    max_image_pixels: int | None = None  # PIL's decompression-bomb limit (None: PIL's; 0: no limit)
 
 
 @dataclass
@@ -92,6 +94,8 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP
     log_interval: int = 50
     ckpt_interval: int = 4000
+    keep_checkpoints: int = 2  # last.pt and the previous ones (iter_<N>.pt), the fallback if one is corrupt
+    skip_nonfinite: int = 0  # optimizer steps with a non-finite loss or gradient skipped before stopping
 
 
 @dataclass
@@ -114,6 +118,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str = "auto"  # auto (continue <work_dir>/last.pt if present) | none | a checkpoint path
     tensorboard: bool = True
+    # Fields a resumed run may change (e.g. [optim.lr, train.iters]); others must match the checkpoint.
+    allow_changes: list = field(default_factory=list)
 
 
 @dataclass
@@ -198,10 +204,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigNotFoundError(f"recipe not found: {path}")
-    with open(path) as f:
-        cfg = config_from_dict(yaml.safe_load(f) or {}, source=str(path))
+    cfg = config_from_dict(_read_yaml(path), source=str(path))
     apply_overrides(cfg, overrides or [])
     return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    """The recipe as a mapping; a YAML syntax error names the file, line and column."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: invalid YAML ({problem})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    return data or {}
 
 
 def apply_overrides(cfg: Config, tokens: list[str]) -> Config:
@@ -220,7 +240,13 @@ def apply_overrides(cfg: Config, tokens: list[str]) -> Config:
             key, raw = tok[2:], tokens[i + 1]
             i += 2
         section, name = key.split(".", 1)
-        _set(cfg, section, name.replace("-", "_"), yaml.safe_load(raw), source=f"--{key}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"--{key}: invalid value {raw!r} ({getattr(e, 'problem', None) or e})"
+            ) from None
+        _set(cfg, section, name.replace("-", "_"), value, source=f"--{key}")
     return cfg
 
 
