@@ -46,9 +46,14 @@ FREE = frozenset(
         "train.ckpt_interval",
         "train.keep_checkpoints",
         "train.skip_nonfinite",
+        "run.work_dir",
+        "run.device",
+        "run.resume",
+        "run.tensorboard",
+        "run.allow_changes",
     }
 )
-FREE_SECTIONS = frozenset({"eval", "run"})
+FREE_SECTIONS = frozenset({"eval"})
 FIXED = frozenset(
     {
         "model.name",
