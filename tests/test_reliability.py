@@ -345,3 +345,22 @@ def test_user_errors_across_verbs_are_in_the_hierarchy(argv, capsys):
     args, rest = build_parser().parse_known_args(argv)
     with pytest.raises(LightsegError):
         _VERBS[args.verb][2](args, rest)
+
+
+def test_a_run_killed_in_its_final_evaluation_evaluates_when_run_again(tmp_path):
+    class DiesOnce(SyntheticSet):
+        died = False
+
+        def __getitem__(self, key):
+            if not self.died:
+                self.died = True
+                raise Killed
+            return super().__getitem__(key)
+
+    val = DiesOnce(n=4)
+    with pytest.raises(Killed):
+        train(tiny_cfg(tmp_path), model=_fresh_model(), train_set=SyntheticSet(), val_set=val)
+    assert load_train_checkpoint(tmp_path / "last.pt")["iteration"] == 6
+    assert not (tmp_path / "final_metrics.json").exists()
+    res = train(tiny_cfg(tmp_path), model=_fresh_model(), train_set=SyntheticSet(), val_set=val)
+    assert res["metrics"] is not None and (tmp_path / "final_metrics.json").is_file()

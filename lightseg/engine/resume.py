@@ -64,7 +64,8 @@ FIXED = frozenset(
     }
 )
 
-RUN_FILES = (CKPT_LAST, CKPT_BEST, "final_metrics.json", "log.jsonl")
+FINAL_METRICS = "final_metrics.json"
+RUN_FILES = (CKPT_LAST, CKPT_BEST, FINAL_METRICS, "log.jsonl")
 
 
 def flatten(cfg: dict) -> dict[str, Any]:

@@ -56,7 +56,12 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     else:
         dev = torch.device("cpu")
     if info.enabled and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # Keys of this attempt only: after an elastic restart (torchrun --max-restarts) the store can
+        # still hold the addresses of the killed attempt's processes, and gloo would dial those.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"lightseg/attempt_{attempt}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
     return info, dev
 
 

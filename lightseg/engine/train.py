@@ -36,6 +36,7 @@ from lightseg.engine.resume import (
     CKPT_BEST,
     CKPT_LAST,
     CKPT_PREVIOUS,
+    FINAL_METRICS,
     apply_hyperparameters,
     candidates,
     check_same_run,
@@ -247,8 +248,13 @@ def train(
     log = RunLog(work_dir, info, cfg.run.tensorboard, start=ckpt["iteration"] if ckpt else 0)
     for note in notes:
         log.info(note)
-    if ckpt and ckpt["iteration"] == cfg.train.iters:
-        return _already_complete(cfg, ckpt, resume_from, work_dir, log)
+    evaluates = val_set is not None or bool(cfg.data.val_split)
+    if (
+        ckpt
+        and ckpt["iteration"] == cfg.train.iters
+        and (not evaluates or (work_dir / FINAL_METRICS).is_file())
+    ):
+        return _already_complete(ckpt, resume_from, work_dir, log)  # else only the final evaluation is due
     seed_everything(cfg.run.seed + info.rank)
 
     train_set = train_set if train_set is not None else build_train_dataset(cfg)
@@ -594,7 +600,7 @@ def _maybe_evaluate(
     if final:
         ctx.log.info(format_table(metrics))
         if ctx.info.is_main:
-            (ctx.work_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=1))
+            (ctx.work_dir / FINAL_METRICS).write_text(json.dumps(metrics, indent=1))
     return val_set
 
 
@@ -633,18 +639,18 @@ def _load_resume(cfg: Config, work_dir: Path, info: DistInfo) -> tuple[dict | No
             f"no readable checkpoint in {work_dir}:\n" + "\n".join(notes) + "\nUse another --run.work_dir or "
             "--resume PATH."
         )
-    if (work_dir / CKPT_BEST).is_file() or (work_dir / "final_metrics.json").is_file():
+    if (work_dir / CKPT_BEST).is_file() or (work_dir / FINAL_METRICS).is_file():
         refuse_other_run(work_dir, "starting a new run there (it has no last.pt to resume)")
     return None, None, []
 
 
-def _already_complete(cfg: Config, ckpt: dict, path: Path, work_dir: Path, log: RunLog) -> dict[str, Any]:
+def _already_complete(ckpt: dict, path: Path, work_dir: Path, log: RunLog) -> dict[str, Any]:
     log.info(
         f"{path} is at iteration {ckpt['iteration']} = train.iters: this run is complete, nothing to train "
         "(to train longer: --train.iters N --run.allow_changes [train.iters])."
     )
     log.close()
-    final = work_dir / "final_metrics.json"
+    final = work_dir / FINAL_METRICS
     metrics = json.loads(final.read_text()) if final.is_file() else None
     return {"iteration": ckpt["iteration"], "best": dict(ckpt.get("best", {})), "work_dir": str(work_dir),
             "metrics": metrics, "skipped": []}  # fmt: skip

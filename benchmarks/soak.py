@@ -1,0 +1,200 @@
+"""Crash-safety soak: kill a short CamVid training at random instants, some of them while it writes a
+checkpoint, run the same command again after every kill, and compare the end with an uninterrupted run.
+
+    OMP_NUM_THREADS=1 python benchmarks/soak.py [--kills 24] [--iters 120] [--data-root DIR]
+
+Every launch is ``lightseg train recipes/cgrseg-t_camvid_smoke.yaml`` (CGRSeg-T from scratch, 64x64
+crops, batch 2, a checkpoint every 4 iterations) in its own process, killed with SIGKILL either after a
+random delay or the instant its n-th checkpoint write has begun (``last.pt.tmp`` exists). After each
+kill the checkpoint on disk must load and never go backwards; the next launch must say it resumed from
+exactly that checkpoint. At the end the final checkpoint (model, optimizer, scheduler, RNG) is compared
+tensor by tensor with an uninterrupted run, and the training log record by record (every iteration
+once, the same losses). Writes ``benchmarks/results/soak_<hardware>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightseg.engine.runtime import load_train_checkpoint  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "cgrseg-t_camvid_smoke.yaml"
+RESUMED = re.compile(r"resumed from (\S+) at iteration (\d+)")
+
+
+def command(work_dir: Path, args: argparse.Namespace) -> list[str]:
+    overrides = {
+        "data.root": args.data_root, "data.crop_size": "[64,64]", "data.scale": "[240,180]",
+        "data.val_split": '""', "train.iters": args.iters, "train.batch_size": 2, "train.log_interval": 1,
+        "train.ckpt_interval": 4, "run.tensorboard": "false", "run.seed": args.seed, "run.work_dir": work_dir,
+    }  # fmt: skip
+    cmd = [sys.executable, "-m", "lightseg.cli", "train", str(RECIPE)]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    return cmd
+
+
+def launch(cmd: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def saved_iteration(work_dir: Path) -> int | None:
+    last = work_dir / "last.pt"
+    return load_train_checkpoint(last)["iteration"] if last.is_file() else None
+
+
+def wait_for_writes(proc: subprocess.Popen, tmp: Path, n: int, timeout: float) -> bool:
+    """Poll until the n-th checkpoint write of this process has begun; False if it ended first."""
+    seen, present, end = 0, tmp.exists(), time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        now = tmp.exists()
+        if now and not present:
+            seen += 1
+            if seen == n:
+                return True
+        present = now
+        time.sleep(0.0002)
+    return False
+
+
+def train_records(work_dir: Path) -> list[dict]:
+    lines = (work_dir / "log.jsonl").read_text().splitlines()
+    return [{k: r[k] for k in ("iter", "loss", "lr")} for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def compare(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ (tensors bit for bit), recursively."""
+    diff = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y, name = a.get(k), b.get(k), f"{prefix}{k}"
+        if isinstance(x, dict) and isinstance(y, dict):
+            diff += compare(x, y, name + ".")
+        elif isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.shape != y.shape or not torch.equal(x, y):
+                diff.append(name)
+        elif isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
+            diff += compare(dict(enumerate(x)), dict(enumerate(y)), name + ".")
+        elif x != y:
+            diff.append(name)
+    return diff
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kills", type=int, default=24)
+    p.add_argument("--iters", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=str(ROOT.parent.parent / "shared" / "data" / "camvid"))
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    tmp_root = Path(tempfile.mkdtemp(prefix="lightseg-soak-"))
+    ref_dir, soak_dir = tmp_root / "uninterrupted", tmp_root / "killed"
+
+    t0 = time.perf_counter()
+    ref = subprocess.run(command(ref_dir, args), capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    if ref.returncode:
+        sys.exit(f"the uninterrupted run failed:\n{ref.stdout[-3000:]}")
+    ref_wall = time.perf_counter() - t0
+    print(f"uninterrupted run: {ref_wall:.1f} s")
+
+    events, previous, launches = [], None, 0
+    while len(events) < args.kills:
+        launches += 1
+        log = tmp_root / f"launch{launches:03d}.log"
+        proc = launch(command(soak_dir, args), log)
+        mode = "checkpoint-write" if launches % 2 else "random"
+        start = time.perf_counter()
+        if mode == "random":
+            deadline = start + rng.uniform(2.0, min(ref_wall, 12.0))
+            while proc.poll() is None and time.perf_counter() < deadline:
+                time.sleep(0.01)
+            hit = proc.poll() is None
+        else:
+            hit = wait_for_writes(proc, soak_dir / "last.pt.tmp", rng.randint(1, 3), timeout=ref_wall * 2)
+        if not hit:
+            proc.wait()
+            sys.exit(f"launch {launches} ended before its kill (status {proc.returncode}); use more --iters")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        during_write = (soak_dir / "last.pt.tmp").exists()
+        saved = saved_iteration(soak_dir)  # must load: the kill never leaves a broken last.pt
+        resumed = RESUMED.search(log.read_text())
+        events.append({
+            "launch": launches, "mode": mode, "after_s": round(time.perf_counter() - start, 3),
+            "during_checkpoint_write": during_write, "checkpoint_before": previous, "checkpoint_after": saved,
+            "resumed_at": int(resumed.group(2)) if resumed else None,
+        })  # fmt: skip
+        print(json.dumps(events[-1]))
+        if saved is not None and previous is not None and saved < previous:
+            sys.exit(f"checkpoint went backwards: {previous} -> {saved}")
+        previous = saved
+
+    final_log = tmp_root / "final.log"
+    final = launch(command(soak_dir, args), final_log)
+    final.wait()
+    if final.returncode:
+        sys.exit(f"the final launch failed:\n{final_log.read_text()[-3000:]}")
+    resumed = RESUMED.search(final_log.read_text())
+    events.append({"launch": launches + 1, "mode": "final", "checkpoint_before": previous,
+                   "resumed_at": int(resumed.group(2)) if resumed else None})  # fmt: skip
+
+    # a launch "loaded its resume" when it said it resumed from the checkpoint the previous kill left
+    due = [e for e in events if e["checkpoint_before"] is not None]
+    reached = [e for e in due if e["resumed_at"] is not None]
+    loaded = [e for e in reached if e["resumed_at"] == e["checkpoint_before"]]
+    a = load_train_checkpoint(ref_dir / "last.pt")
+    b = load_train_checkpoint(soak_dir / "last.pt")
+    keys = ("model", "optimizer", "scheduler", "scaler", "iteration", "rng")
+    differing = compare({k: a[k] for k in keys}, {k: b[k] for k in keys})
+    ref_rec, soak_rec = train_records(ref_dir), train_records(soak_dir)
+    iters = [r["iter"] for r in soak_rec]
+    result = {
+        "what": "SIGKILL soak of `lightseg train` (CGRSeg-T, CamVid 480x360 train split, 64x64 crops, "
+        "batch 2, checkpoint every 4 iterations); every launch is the same command",
+        "command": " ".join(command(Path("<work_dir>"), args)[1:]),
+        "iterations": args.iters,
+        "kills": len(events) - 1,
+        "kills_during_checkpoint_write": sum(e.get("during_checkpoint_write", False) for e in events),
+        "launches_with_a_checkpoint_to_resume": len(due),
+        "launches_that_got_to_resume_before_their_kill": len(reached),
+        "resumes_loaded_the_expected_checkpoint": len(loaded),
+        "final_bit_exact_with_uninterrupted": not differing,
+        "final_differing_entries": differing[:20],
+        "log_every_iteration_once": iters == list(range(1, args.iters + 1)),
+        "log_losses_equal_to_uninterrupted": soak_rec == ref_rec,
+        "uninterrupted_wall_s": round(ref_wall, 1),
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "events": events,
+    }
+    hw = f"cpu{os.cpu_count()}-{platform.machine()}"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"soak_{hw}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    summary = {k: v for k, v in result.items() if k not in ("events", "command", "what")}
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
