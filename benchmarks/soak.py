@@ -1,11 +1,12 @@
 """Crash-safety soak: kill a short CamVid training at random instants, some of them while it writes a
 checkpoint, run the same command again after every kill, and compare the end with an uninterrupted run.
 
-    OMP_NUM_THREADS=1 python benchmarks/soak.py [--kills 24] [--iters 120] [--data-root DIR]
+    OMP_NUM_THREADS=1 python benchmarks/soak.py [--kills 24] [--iters 80] [--data-root DIR]
 
 Every launch is ``lightseg train recipes/cgrseg-t_camvid_smoke.yaml`` (CGRSeg-T from scratch, 64x64
-crops, batch 2, a checkpoint every 4 iterations) in its own process, killed with SIGKILL either after a
-random delay or the instant its n-th checkpoint write has begun (``last.pt.tmp`` exists). After each
+crops, batch 2, a checkpoint every 4 iterations) in its own process, killed with SIGKILL either at a
+random instant (during start-up, or a random fraction of a step after a random iteration) or the
+instant its n-th checkpoint write has begun (``last.pt.tmp`` exists). After each
 kill the checkpoint on disk must load and never go backwards; the next launch must say it resumed from
 exactly that checkpoint. At the end the final checkpoint (model, optimizer, scheduler, RNG) is compared
 tensor by tensor with an uninterrupted run, and the training log record by record (every iteration
@@ -75,6 +76,26 @@ def wait_for_writes(proc: subprocess.Popen, tmp: Path, n: int, timeout: float) -
     return False
 
 
+def latest_iteration(work_dir: Path) -> int:
+    try:
+        return json.loads((work_dir / "log.jsonl").read_text().splitlines()[-1])["iter"]
+    except (OSError, IndexError, ValueError, KeyError):
+        return 0
+
+
+def wait_for_iteration(
+    proc: subprocess.Popen, log: Path, work_dir: Path, target: int, timeout: float
+) -> bool:
+    """Poll until this process has logged iteration ``target`` (after it has cut the log back to its
+    resumed iteration, which it announces before training); False if it ended first."""
+    end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        if "run directory:" in log.read_text() and latest_iteration(work_dir) >= target:
+            return True
+        time.sleep(0.002)
+    return False
+
+
 def train_records(work_dir: Path) -> list[dict]:
     lines = (work_dir / "log.jsonl").read_text().splitlines()
     return [{k: r[k] for k in ("iter", "loss", "lr")} for r in map(json.loads, lines) if r["kind"] == "train"]
@@ -100,9 +121,12 @@ def compare(a: dict, b: dict, prefix: str = "") -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=24)
-    p.add_argument("--iters", type=int, default=120)
+    p.add_argument("--iters", type=int, default=80)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=str(ROOT.parent.parent / "shared" / "data" / "camvid"))
+    data = Path(os.environ.get("LIGHTSEG_DATA", ROOT.parent / "shared" / "data"))
+    p.add_argument(
+        "--data-root", default=str(data / "camvid"), help="CamVid (default: $LIGHTSEG_DATA/camvid)"
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
     rng = random.Random(args.seed)
@@ -124,13 +148,18 @@ def main() -> None:
         proc = launch(command(soak_dir, args), log)
         mode = "checkpoint-write" if launches % 2 else "random"
         start = time.perf_counter()
-        if mode == "random":
-            deadline = start + rng.uniform(2.0, min(ref_wall, 12.0))
-            while proc.poll() is None and time.perf_counter() < deadline:
-                time.sleep(0.01)
-            hit = proc.poll() is None
+        if mode == "random":  # during start-up, or a random fraction of a step after a random iteration
+            ahead = rng.randint(0, 6)
+            if ahead == 0:
+                time.sleep(rng.uniform(0.2, 3.0))
+                hit = proc.poll() is None
+            else:
+                target = (previous or 0) + ahead
+                hit = wait_for_iteration(proc, log, soak_dir, target, timeout=ref_wall * 3)
+                time.sleep(rng.uniform(0.0, 0.1))
+                hit = hit and proc.poll() is None
         else:
-            hit = wait_for_writes(proc, soak_dir / "last.pt.tmp", rng.randint(1, 3), timeout=ref_wall * 2)
+            hit = wait_for_writes(proc, soak_dir / "last.pt.tmp", rng.randint(1, 2), timeout=ref_wall * 3)
         if not hit:
             proc.wait()
             sys.exit(f"launch {launches} ended before its kill (status {proc.returncode}); use more --iters")
