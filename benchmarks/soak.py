@@ -62,16 +62,25 @@ def saved_iteration(work_dir: Path) -> int | None:
     return load_train_checkpoint(last)["iteration"] if last.is_file() else None
 
 
-def wait_for_writes(proc: subprocess.Popen, tmp: Path, n: int, timeout: float) -> bool:
+def writing(tmp: Path, since_ns: int) -> bool:
+    """A checkpoint write of the current process is under way: ``last.pt.tmp`` exists and was written
+    since it started (a killed predecessor may have left an older one)."""
+    try:
+        return tmp.stat().st_mtime_ns >= since_ns
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_writes(proc: subprocess.Popen, tmp: Path, n: int, since_ns: int, timeout: float) -> bool:
     """Poll until the n-th checkpoint write of this process has begun; False if it ended first."""
-    seen, present, end = 0, tmp.exists(), time.monotonic() + timeout
+    seen, before, end = 0, False, time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < end:
-        now = tmp.exists()
-        if now and not present:
+        now = writing(tmp, since_ns)
+        if now and not before:
             seen += 1
             if seen == n:
                 return True
-        present = now
+        before = now
         time.sleep(0.0002)
     return False
 
@@ -145,6 +154,7 @@ def main() -> None:
     while len(events) < args.kills:
         launches += 1
         log = tmp_root / f"launch{launches:03d}.log"
+        since_ns = time.time_ns()
         proc = launch(command(soak_dir, args), log)
         mode = "checkpoint-write" if launches % 2 else "random"
         start = time.perf_counter()
@@ -159,13 +169,13 @@ def main() -> None:
                 time.sleep(rng.uniform(0.0, 0.1))
                 hit = hit and proc.poll() is None
         else:
-            hit = wait_for_writes(proc, soak_dir / "last.pt.tmp", rng.randint(1, 2), timeout=ref_wall * 3)
+            hit = wait_for_writes(proc, soak_dir / "last.pt.tmp", rng.randint(1, 2), since_ns, ref_wall * 3)
         if not hit:
             proc.wait()
             sys.exit(f"launch {launches} ended before its kill (status {proc.returncode}); use more --iters")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        during_write = (soak_dir / "last.pt.tmp").exists()
+        during_write = writing(soak_dir / "last.pt.tmp", since_ns)
         saved = saved_iteration(soak_dir)  # must load: the kill never leaves a broken last.pt
         resumed = RESUMED.search(log.read_text())
         events.append({
