@@ -285,21 +285,13 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
-    state = TrainState()
-    saved_rng = None
+    state, saved_rng = TrainState(), None
     if ckpt:
         _restore(ckpt, resume_from, model, loss_fn, optimizer, scheduler, scaler, ema)
+        state, saved_rng = _resumed_state(ckpt, resume_from, work_dir, info, log)
         if changes:
             apply_hyperparameters(optimizer, scheduler, cfg)
             log.info("resumed with changes (run.allow_changes):\n" + _describe(changes))
-        state = TrainState(
-            ckpt["iteration"], dict(ckpt.get("best", {})), Path(resume_from), ckpt["iteration"]
-        )
-        if Path(resume_from) == work_dir / CKPT_LAST:
-            state.last_pt_iteration = state.iteration
-        ranks = ckpt["rng"]
-        saved_rng = ranks[info.rank] if len(ranks) == info.world_size else None
-        log.info(f"resumed from {resume_from} at iteration {state.iteration}")
         log.record("resume", state.iteration, {"from": str(resume_from), "changes": _jsonable(changes)})
     if info.is_main:
         save_config(cfg, work_dir / "config.yaml")
@@ -676,6 +668,19 @@ def _restore(ckpt, path, model, loss_fn, optimizer, scheduler, scaler, ema) -> N
     scaler.load_state_dict(ckpt["scaler"])
     if ema is not None and ckpt.get("ema") is not None:
         ema.load_state_dict(ckpt["ema"])
+
+
+def _resumed_state(
+    ckpt: dict, path: Path, work_dir: Path, info: DistInfo, log: RunLog
+) -> tuple[TrainState, dict | None]:
+    """The loop state a checkpoint continues, and this process's saved RNG state (None when the
+    number of processes changed: then the RNG streams start afresh)."""
+    state = TrainState(ckpt["iteration"], dict(ckpt.get("best", {})), Path(path), ckpt["iteration"])
+    if Path(path) == work_dir / CKPT_LAST:
+        state.last_pt_iteration = state.iteration
+    ranks = ckpt["rng"]
+    log.info(f"resumed from {path} at iteration {state.iteration}")
+    return state, ranks[info.rank] if len(ranks) == info.world_size else None
 
 
 def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
