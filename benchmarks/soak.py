@@ -21,6 +21,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     tmp_root = Path(tempfile.mkdtemp(prefix="lightseg-soak-"))
     ref_dir, soak_dir = tmp_root / "uninterrupted", tmp_root / "killed"
+    print(f"runs and launch logs in {tmp_root}")
 
     t0 = time.perf_counter()
     ref = subprocess.run(command(ref_dir, args), capture_output=True, text=True, cwd=ROOT,
@@ -233,6 +235,7 @@ def main() -> None:
     summary = {k: v for k, v in result.items() if k not in ("events", "command", "what")}
     print(json.dumps(summary, indent=1))
     print(f"wrote {out}")
+    shutil.rmtree(tmp_root)  # kept (for the logs of every launch) when the soak stops on a failure
 
 
 if __name__ == "__main__":

@@ -364,3 +364,22 @@ def test_a_run_killed_in_its_final_evaluation_evaluates_when_run_again(tmp_path)
     assert not (tmp_path / "final_metrics.json").exists()
     res = train(tiny_cfg(tmp_path), model=_fresh_model(), train_set=SyntheticSet(), val_set=val)
     assert res["metrics"] is not None and (tmp_path / "final_metrics.json").is_file()
+
+
+def test_cli_drops_the_worker_traceback_of_an_evaluation_data_error(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  iters: 5\n")
+    ds = SyntheticSet()
+    ds.__class__ = type("Broken", (SyntheticSet,), {"__getitem__": lambda self, k: _raise_data_error()})
+    loader = torch.utils.data.DataLoader(ds, num_workers=1)
+
+    def run_eval(*args):
+        next(iter(loader))  # re-raised from the worker with its traceback in the message
+
+    monkeypatch.setattr("lightseg.engine.evaluate.run_eval", run_eval)
+    assert main(["eval", str(recipe), "--weights", "w.pt"]) == 2
+    assert capsys.readouterr().err == "lightseg eval: error: v.png: cannot decode image\n"
+
+
+def _raise_data_error():
+    raise DataError("v.png: cannot decode image")

@@ -85,8 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     except LightsegError as e:
         # Errors a user can act on: one clear message, no traceback. Anything else is a bug and
         # keeps its traceback.
-        print(f"lightseg {args.verb}: error: {e}", file=sys.stderr)
+        print(f"lightseg {args.verb}: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _message(e: LightsegError) -> str:
+    """The error's own message; one re-raised from a DataLoader worker carries the worker's
+    traceback before it, which is dropped."""
+    msg = str(e)
+    head = f"{type(e).__module__}.{type(e).__qualname__}: "
+    return msg.rsplit(head, 1)[1].strip() if "Original Traceback" in msg and head in msg else msg
 
 
 if __name__ == "__main__":
