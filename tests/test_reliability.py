@@ -383,3 +383,18 @@ def test_cli_drops_the_worker_traceback_of_an_evaluation_data_error(tmp_path, mo
 
 def _raise_data_error():
     raise DataError("v.png: cannot decode image")
+
+
+def test_the_dataset_doctor_reports_a_decompression_bomb_instead_of_crashing(tmp_path):
+    from lightseg.data.doctor import check
+
+    root = _camvid_like(tmp_path / "camvid", n=2)
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 1000  # 48x48 = 2304 pixels: above twice the limit
+        report = check("camvid", root, ["train"])["train"]
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert not report["ok"]
+    assert {u["file"] for u in report["unreadable"]} >= {str(root / "train/0.png"), str(root / "train/1.png")}
+    assert all("decompression bomb" in u["error"] for u in report["unreadable"])
