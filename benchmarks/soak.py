@@ -40,6 +40,13 @@ RECIPE = ROOT / "recipes" / "cgrseg-t_camvid_smoke.yaml"
 RESUMED = re.compile(r"resumed from (\S+) at iteration (\d+)")
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def command(work_dir: Path, args: argparse.Namespace) -> list[str]:
     overrides = {
         "data.root": args.data_root, "data.crop_size": "[64,64]", "data.scale": "[240,180]",
@@ -224,7 +231,7 @@ def main() -> None:
         "log_every_iteration_once": iters == list(range(1, args.iters + 1)),
         "log_losses_equal_to_uninterrupted": soak_rec == ref_rec,
         "uninterrupted_wall_s": round(ref_wall, 1),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "hardware": f"{cpu_model()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "events": events,
