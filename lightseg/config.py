@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from lightseg.errors import ConfigError
+from lightseg.errors import ConfigError, ConfigNotFoundError
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -83,6 +83,12 @@ class DataConfig:
     cat_max_ratio: float = _f(0.75, "re-draw a crop while one class covers at least this share of it")
     test_scale: list = _f([2048, 512], "evaluation resize bound (long side, short side)")
     num_workers: int = _f(2, "data loader processes (0: load in the training process)")
+    on_error: str = _f(
+        "fail", "a sample that cannot be read: fail (after an emergency checkpoint) | skip (listed)"
+    )
+    max_image_pixels: int | None = _f(
+        None, "PIL's decompression-bomb limit in pixels (empty: PIL's own; 0: no limit)"
+    )
 
 
 @dataclass
@@ -132,6 +138,12 @@ class TrainConfig:
     find_unused_parameters: bool = _f(False, "DDP find_unused_parameters")
     log_interval: int = _f(50, "iterations between training log records")
     ckpt_interval: int = _f(4000, "iterations between checkpoints (last.pt)")
+    keep_checkpoints: int = _f(
+        2, "checkpoints kept: last.pt and the previous ones (iter_<N>.pt), the fallback if one is corrupt"
+    )
+    skip_nonfinite: int = _f(
+        0, "optimizer steps with a non-finite loss or gradient skipped (undone) before the run stops"
+    )
 
 
 @dataclass
@@ -157,6 +169,9 @@ class RunConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     resume: str = _f("auto", "auto (continue <work_dir>/last.pt if present) | none | a checkpoint path")
     tensorboard: bool = _f(True, "write TensorBoard events to <work_dir>/tb")
+    allow_changes: list = _f(
+        [], "fields a resumed run may change (e.g. [optim.lr, train.iters]); others must match the checkpoint"
+    )
 
 
 @dataclass
@@ -252,7 +267,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a recipe and apply ``--section.field value`` overrides (a flat list of CLI tokens)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe not found: {path} (a recipe is a YAML file; see recipes/*.yaml)")
+        raise ConfigNotFoundError(f"recipe not found: {path} (a recipe is a YAML file; see recipes/*.yaml)")
     data = _parse_yaml(path.read_text(), str(path))
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of section: {{field: value}}")

@@ -43,8 +43,27 @@ class UnknownModelError(LightsegError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownDatasetError(ConfigError, KeyError):
+    """A dataset name that is not registered; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """A model or head option that does not exist (``model.kwargs``); lists the valid ones."""
+
+
 class InputError(LightsegError, ValueError):
     """An input to inference (image, video, size, exported file) that cannot be used."""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """An input file (image, video, exported model) that does not exist; names the path."""
+
+
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """A recipe file that does not exist; names the path."""
 
 
 class DivergenceError(LightsegError, RuntimeError):

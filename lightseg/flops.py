@@ -72,6 +72,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from lightseg.errors import ConfigError
+
 Convention = Literal["paper", "all"]
 CONVENTIONS: tuple[str, ...] = ("paper", "all")
 # The keys of ``lightseg flops MODEL --format json`` (a stable interface).
@@ -195,7 +197,7 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
     if len(input_size) != 2 or any(int(s) <= 0 for s in input_size):
-        raise ValueError(f"input_size must be (height, width) with positive sides, got {tuple(input_size)}")
+        raise ConfigError(f"input_size must be (height, width) with positive sides, got {tuple(input_size)}")
     return int(input_size[0]), int(input_size[1])
 
 
@@ -250,7 +252,7 @@ def count_macs(
     """MACs of one forward pass on a ``batch x 3 x H x W`` input (whole batch), in ``convention``
     (``"paper"`` or ``"all"``, see the module docstring)."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown MAC convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+        raise ConfigError(f"unknown MAC convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     return count_all_conventions(model, input_size, batch)[convention]
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightseg.errors import ConfigError
+
 
 @dataclass
 class FoldReport:
@@ -228,7 +230,7 @@ def optimize_for_inference(
     on this CPU compile has been slower than eager for these models, so it is opt-in).
     """
     if optimize not in ("none", "fold-bn", "compile"):
-        raise ValueError(f"optimize must be one of none, fold-bn, compile; got {optimize!r}")
+        raise ConfigError(f"optimize must be one of none, fold-bn, compile; got {optimize!r}")
     model = copy.deepcopy(model).eval()
     if optimize == "none":
         return model

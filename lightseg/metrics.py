@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from lightseg.errors import DataError
+
 
 def confusion_matrix(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
@@ -24,13 +26,13 @@ def confusion_matrix(
     ``reduce_zero_label``), not something to drop silently.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ in shape")
+        raise DataError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ in shape")
     keep = target != ignore_index
     t = target[keep].long()
     p = pred[keep].long()
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         bad = sorted(set(t[(t < 0) | (t >= num_classes)].unique().tolist()))[:10]
-        raise ValueError(
+        raise DataError(
             f"label values {bad} are outside 0..{num_classes - 1} and not the ignore index {ignore_index}"
         )
     counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)

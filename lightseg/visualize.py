@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from lightseg.errors import InputError
+
 IGNORE_INDEX = 255
 
 
@@ -19,7 +21,7 @@ def default_palette(num_classes: int, seed: int = 0) -> list[list[int]]:
 def _palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     if len(pal) > 255:
-        raise ValueError(f"a palette PNG holds at most 255 classes (255 is 'ignore'); got {len(pal)}")
+        raise InputError(f"a palette PNG holds at most 255 classes (255 is 'ignore'); got {len(pal)}")
     return pal
 
 
@@ -32,10 +34,10 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Imag
     pal = _palette_array(palette)
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"expected an H x W label map, got shape {labels.shape}")
+        raise InputError(f"expected an H x W label map, got shape {labels.shape}")
     valid = labels[labels != IGNORE_INDEX]
     if valid.size and (valid.min() < 0 or valid.max() >= len(pal)):
-        raise ValueError(f"label {int(valid.max())} has no colour in a palette of {len(pal)} classes")
+        raise InputError(f"label {int(valid.max())} has no colour in a palette of {len(pal)} classes")
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), dtype=np.uint8)
     flat[: len(pal)] = pal
@@ -61,7 +63,7 @@ def overlay(
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
     labels = np.asarray(labels)
     if rgb.shape[:2] != labels.shape:
-        raise ValueError(
+        raise InputError(
             f"image is {rgb.shape[1]}x{rgb.shape[0]} but labels are {labels.shape[1]}x{labels.shape[0]}"
         )
     colour = label_to_rgb(labels, palette).astype(np.float32)

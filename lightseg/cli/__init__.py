@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from lightseg.cli import bench, data, export, models, predict, train
+from lightseg.errors import LightsegError
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace, list[str]], int]
@@ -81,11 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return run(args, rest)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        # User-facing errors (bad names, files, checkpoints, sizes): one clear line, no traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"lightseg {args.verb}: error: {msg}", file=sys.stderr)
+    except LightsegError as e:
+        # Errors a user can act on: one clear message, no traceback. Anything else is a bug and
+        # keeps its traceback.
+        print(f"lightseg {args.verb}: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _message(e: LightsegError) -> str:
+    """The error's own message; one re-raised from a DataLoader worker carries the worker's
+    traceback before it, which is dropped."""
+    msg = str(e)
+    head = f"{type(e).__module__}.{type(e).__qualname__}: "
+    return msg.rsplit(head, 1)[1].strip() if "Original Traceback" in msg and head in msg else msg
 
 
 if __name__ == "__main__":

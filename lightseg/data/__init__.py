@@ -20,7 +20,7 @@ from lightseg.data.coco_stuff import COCOStuff10k, COCOStuff164k
 from lightseg.data.folder import FolderDataset
 from lightseg.data.pascal_context import PascalContext59, PascalContext60
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
-from lightseg.errors import ConfigError
+from lightseg.errors import ConfigError, UnknownDatasetError
 
 DATASETS: dict[str, type[SegDataset]] = {
     cls.name: cls
@@ -83,7 +83,7 @@ def build_dataset(
     if name not in DATASETS:
         close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
+        raise UnknownDatasetError(f"unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
     return DATASETS[name](root, split, transform, **options)
 
 

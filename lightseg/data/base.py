@@ -8,6 +8,7 @@ Masks handed to transforms always hold class ids ``0..num_classes-1`` and ``255`
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Reading files. Every PIL/numpy failure becomes a DataError naming the file.
 
 
+def set_max_image_pixels(limit: int | None) -> None:
+    """PIL's decompression-bomb limit (``data.max_image_pixels``): ``None`` keeps PIL's default,
+    0 removes it. PIL refuses images above twice the limit and warns above it."""
+    if limit is not None:
+        Image.MAX_IMAGE_PIXELS = limit or None
+
+
+def _bomb_error(path: Path, e: Exception) -> DataError:
+    return DataError(
+        f"{path}: refused by PIL's decompression-bomb guard ({e}). If the file is trusted, raise the "
+        "limit with --data.max_image_pixels N (pixels; 0 for no limit)"
+    )
+
+
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to an RGB ``uint8`` array of shape (H, W, 3)."""
     try:
@@ -35,6 +50,8 @@ def read_image(path: Path) -> np.ndarray:
             arr = np.asarray(im.convert("RGB"))
     except FileNotFoundError as e:
         raise DataError(f"{path}: image file not found") from e
+    except Image.DecompressionBombError as e:
+        raise _bomb_error(path, e) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
     return arr
@@ -52,6 +69,8 @@ def read_mask(path: Path) -> np.ndarray:
             arr = np.asarray(im)
     except FileNotFoundError as e:
         raise DataError(f"{path}: mask file not found") from e
+    except Image.DecompressionBombError as e:
+        raise _bomb_error(path, e) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode mask ({e})") from e
     if arr.ndim == 3:
@@ -97,6 +116,8 @@ class Scan:
 
     def add_listed(self, img: Path, mask: Path) -> None:
         """File a pair named by a split list: a pair, or whichever side is missing."""
+        check_link(img)
+        check_link(mask)
         if not img.is_file():
             self.missing_images.append(mask if mask.is_file() else img)
         elif not mask.is_file():
@@ -105,11 +126,26 @@ class Scan:
             self.pairs.append((img, mask))
 
 
+def check_link(path: Path) -> None:
+    """A symlink loop is an error naming the link (``is_file`` would just call it missing)."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError as e:  # Python < 3.13 reports a loop so
+            raise DataError(f"{path}: symlink loop ({e}); point the link at a file or remove it") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DataError(f"{path}: symlink loop; point the link at a file or remove it") from None
+
+
 def list_files(folder: Path, suffixes: Iterable[str], recursive: bool = False) -> list[Path]:
     """Files of ``folder`` (optionally recursive) whose name ends with one of ``suffixes``, sorted."""
     suffixes = tuple(s.lower() for s in suffixes)
     it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.name.lower().endswith(suffixes))
+    named = [p for p in it if p.name.lower().endswith(suffixes)]
+    for p in named:
+        check_link(p)
+    return sorted(p for p in named if p.is_file())
 
 
 def strip_suffix(name: str, suffixes: Iterable[str]) -> str | None:
@@ -276,7 +312,22 @@ class SegDataset(Dataset):
                 f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from its image "
                 f"{image_path} ({image.shape[1]}x{image.shape[0]})"
             )
+        if mask is not None:
+            self._check_labels(mask, mask_path)
         return image, mask
+
+    def _check_labels(self, mask: np.ndarray, mask_path: Path) -> None:
+        """Labels a loss can take: class ids ``0..num_classes-1`` or the ignore index."""
+        n = self.num_classes
+        bad = (mask >= n) & (mask != self.ignore_index)
+        if bad.any():
+            values = np.unique(mask[bad])
+            shown = ", ".join(str(int(v)) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+            raise DataError(
+                f"{mask_path}: label values {shown} are not class ids of {self.name} (0..{n - 1}) nor the "
+                f"ignore index {self.ignore_index}. Check data.dataset and its label options (e.g. "
+                "reduce_zero_label), or run `lightseg data check` for every such file"
+            )
 
     # --- torch Dataset -----------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -35,7 +35,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             im.load()
             return im.size[1], im.size[0]
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
 
 

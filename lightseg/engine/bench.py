@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lightseg.engine.predict import RUNTIMES, upsample_argmax
+from lightseg.errors import ConfigError, InputError
 
 OUTPUTS = ("logits", "logits-full", "argmax", "argmax-graph")
 
@@ -141,9 +142,9 @@ def onnx_graph(
     from lightseg.engine.export import export_onnx, quantize_onnx_int8
 
     if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+        raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
     if precision not in ("fp32", "int8"):
-        raise ValueError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
+        raise ConfigError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
     h, w = int(size[0]), int(size[1])
     graph_out = {"argmax": "logits", "argmax-graph": "argmax"}.get(output, output)
     name = getattr(model, "model_name", type(model).__name__)
@@ -169,7 +170,7 @@ def onnx_graph(
     int8_path = path.with_name(path.stem + "_int8.onnx")
     if not int8_path.is_file():
         if not calibration:
-            raise ValueError("precision int8 needs calibration images")
+            raise ConfigError("precision int8 needs calibration images")
         quantize_onnx_int8(path, int8_path, calibration)
     return int8_path
 
@@ -204,9 +205,9 @@ def make_runner(
     from lightseg.fuse import optimize_for_inference
 
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+        raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
     h, w = int(size[0]), int(size[1])
     if runtime == "onnxruntime":
         path = onnx_graph(
@@ -229,7 +230,7 @@ def make_runner(
     graph = graph.to(device).eval()
     use_bf16 = precision == "bf16"
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"torch precision must be fp32 or bf16, got {precision!r}")
+        raise ConfigError(f"torch precision must be fp32 or bf16, got {precision!r}")
 
     @torch.no_grad()
     def run(x: torch.Tensor) -> Any:
@@ -439,7 +440,7 @@ def image_batches(inputs: Sequence[str], size: Sequence[int], count: int = 16) -
 
     items = [it for it in collect_inputs(inputs)[0] if it.kind == "image"]
     if not items:
-        raise ValueError(f"no calibration images among {' '.join(map(str, inputs))}")
+        raise InputError(f"no calibration images among {' '.join(map(str, inputs))}")
     items = items[:: max(1, len(items) // count)][:count]
     mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
     h, w = int(size[0]), int(size[1])
@@ -454,11 +455,11 @@ def run_bench(args, rest: list[str]) -> int:
     from lightseg.models.registry import create_model
 
     if args.runs < 1 or args.rounds < 1:
-        raise ValueError("--runs and --rounds must be at least 1")
+        raise ConfigError("--runs and --rounds must be at least 1")
     calibration = None
     if args.precision == "int8":
         if not args.calibration:
-            raise ValueError("--precision int8 needs --calibration IMAGES (real images to calibrate on)")
+            raise ConfigError("--precision int8 needs --calibration IMAGES (real images to calibrate on)")
         calibration = image_batches(args.calibration, args.size, args.calibration_count)
     paths = [
         {"runtime": r, "optimize": o, "output": x}
@@ -550,7 +551,7 @@ def run_export(args, rest: list[str]) -> int:
     from lightseg.engine.predict import load_model
 
     if args.output_argmax and args.output_full:
-        raise ValueError("choose one of --output-argmax and --output-full")
+        raise ConfigError("choose one of --output-argmax and --output-full")
     model = load_model(args.model, args.weights, args.num_classes)
     output = "argmax" if args.output_argmax else "logits-full" if args.output_full else "logits"
     optimize = "none" if args.no_fold else "fold-bn"

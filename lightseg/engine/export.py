@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightseg.errors import ConfigError, InputError, InputNotFoundError
 from lightseg.fuse import optimize_for_inference
 
 OUTPUTS = ("logits", "logits-full", "argmax")
@@ -47,10 +48,10 @@ class InferenceGraph(nn.Module):
     def __init__(self, model: nn.Module, output: str = "logits"):
         super().__init__()
         if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+            raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
         num_classes = getattr(model, "num_classes", None)
         if output == "argmax" and num_classes is not None and num_classes > 256:
-            raise ValueError(f"uint8 argmax output holds at most 256 classes; the model has {num_classes}")
+            raise ConfigError(f"uint8 argmax output holds at most 256 classes; the model has {num_classes}")
         self.model = model
         self.output = output
 
@@ -66,11 +67,11 @@ class InferenceGraph(nn.Module):
 
 def _check_size(model: nn.Module, size: Sequence[int]) -> tuple[int, int]:
     if len(size) != 2:
-        raise ValueError(f"size must be (H, W), got {tuple(size)}")
+        raise InputError(f"size must be (H, W), got {tuple(size)}")
     h, w = int(size[0]), int(size[1])
     d = int(getattr(model, "size_divisor", 1))
     if h % d or w % d:
-        raise ValueError(
+        raise InputError(
             f"export size {h}x{w} is not a multiple of {d}; use {-(-h // d) * d}x{-(-w // d) * d} "
             "(predict pads inputs to the exported size)"
         )
@@ -107,7 +108,7 @@ def export_onnx(
     Returns the path. Needs the ``export`` extra (onnx, onnxscript).
     """
     if optimize == "compile":
-        raise ValueError("optimize='compile' is a run-time option; export with 'fold-bn' or 'none'")
+        raise ConfigError("optimize='compile' is a run-time option; export with 'fold-bn' or 'none'")
     graph = inference_graph(model, size, output, optimize)
     h, w = _check_size(model, size)
     x = torch.randn(batch, 3, h, w)
@@ -224,7 +225,7 @@ def ort_session_options(threads: int | None = None, optimization: str = "all"):
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
     if optimization not in levels:
-        raise ValueError(f"optimization must be one of {', '.join(levels)}; got {optimization!r}")
+        raise ConfigError(f"optimization must be one of {', '.join(levels)}; got {optimization!r}")
     so = ort.SessionOptions()
     so.graph_optimization_level = levels[optimization]
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -255,7 +256,7 @@ class OrtRunner:
             raise ImportError("onnxruntime is needed: pip install 'lightseg[export]'") from e
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {path}")
+            raise InputNotFoundError(f"ONNX file not found: {path}")
         try:
             self.session = ort.InferenceSession(
                 str(path),
@@ -263,7 +264,7 @@ class OrtRunner:
                 providers=list(providers or ["CPUExecutionProvider"]),
             )
         except Exception as e:  # ORT raises its own private exception types
-            raise ValueError(f"{path}: ONNX Runtime cannot load this file ({e})") from e
+            raise InputError(f"{path}: ONNX Runtime cannot load this file ({e})") from e
         self.path = path
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -278,7 +279,7 @@ class OrtRunner:
         x = np.ascontiguousarray(x, dtype=np.float32)
         want = self.input_shape
         if x.ndim != 4 or any(w is not None and w != g for w, g in zip(want, x.shape)):
-            raise ValueError(f"{self.path} takes input of shape {want}, got {tuple(x.shape)}")
+            raise InputError(f"{self.path} takes input of shape {want}, got {tuple(x.shape)}")
         return self.session.run(None, {self.input_name: x})[0]
 
 
@@ -353,11 +354,11 @@ def quantize_onnx_int8(
         "entropy": CalibrationMethod.Entropy,
     }
     if method not in methods:
-        raise ValueError(f"method must be one of {', '.join(methods)}; got {method!r}")
+        raise ConfigError(f"method must be one of {', '.join(methods)}; got {method!r}")
     src, dst = Path(src), Path(dst)
     batches = [np.ascontiguousarray(b, dtype=np.float32) for b in calibration]
     if not batches:
-        raise ValueError("INT8 calibration needs at least one image batch")
+        raise InputError("INT8 calibration needs at least one image batch")
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightseg.errors import InputError
+from lightseg.errors import ConfigError, InputError
 from lightseg.losses import resize_logits
 
 
@@ -155,6 +155,8 @@ def predict_probs(
             resize of it, as in mmseg (evaluation uses ``MultiScaleResize`` for the same from uint8
             pixels). The softmax probabilities of all passes are averaged (:func:`average_probs`).
     """
+    if mode not in ("whole", "slide"):
+        raise ConfigError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     h, w = image.shape[-2:]
     out_size = tuple(out_size) if out_size is not None else (h, w)
     inputs = [

@@ -28,7 +28,7 @@ from torch import nn
 
 from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.engine.inference import pad_to_multiple, predict_probs
-from lightseg.errors import InputError
+from lightseg.errors import ConfigError, InputError, InputNotFoundError
 from lightseg.visualize import colorize, default_palette, overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -206,7 +206,7 @@ def load_model(
                 raise CheckpointError(f"{weights}: holds weights of {saved!r}, not {name!r}")
             return model.eval()
     if not name:
-        raise ValueError("a model name is needed unless the weights are a lightseg checkpoint")
+        raise ConfigError("a model name is needed unless the weights are a lightseg checkpoint")
     model = create_model(
         name, num_classes=num_classes or 150, weights=None if weights is None else str(weights)
     )
@@ -252,7 +252,7 @@ def prepare_runtime(
     from lightseg.fuse import optimize_for_inference
 
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     if runtime == "onnxruntime":
         return OrtModel(model.eval(), threads=threads)
     return optimize_for_inference(model, optimize)
@@ -267,11 +267,11 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float32)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a 3 x H x W image tensor, got shape {tuple(image.shape)}")
+            raise InputError(f"expected a 3 x H x W image tensor, got shape {tuple(image.shape)}")
         return image.detach().permute(1, 2, 0).cpu().float().numpy()
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 RGB array, got shape {arr.shape}")
+        raise InputError(f"expected an H x W x 3 RGB array, got shape {arr.shape}")
     return arr.astype(np.float32)
 
 
@@ -318,7 +318,7 @@ class Segmenter:
             list(c) for c in (palette or getattr(model, "palette", None) or default_palette(self.num_classes))
         ]
         if len(self.palette) < self.num_classes:
-            raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
+            raise ConfigError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
         self.runner = prepare_runtime(self.model, runtime, optimize, threads)
         self.options = dict(
             mode=mode, crop_size=tuple(crop_size), stride=tuple(stride), scales=tuple(scales), flip=flip
@@ -441,7 +441,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[InputItem]
                 raise InputError(f"{raw}: the pattern matches no images or videos")
             items += [InputItem(f, Path(f.stem), _kind(f)) for f in found]  # type: ignore[arg-type]
         else:
-            raise FileNotFoundError(f"input not found: {p}")
+            raise InputNotFoundError(f"input not found: {p}")
     # Distinct output names: a later duplicate gets _1, _2, ...
     seen: set[Path] = set()
     for it in items:
@@ -637,11 +637,11 @@ def dataset_meta(name: str) -> tuple[list[str], list[list[int]]]:
     try:
         mod = importlib.import_module(f"lightseg.data.{name.lower()}")
     except ImportError as e:
-        raise ValueError(f"unknown dataset {name!r} (no module lightseg.data.{name.lower()})") from e
+        raise ConfigError(f"unknown dataset {name!r} (no module lightseg.data.{name.lower()})") from e
     for obj in vars(mod).values():
         if isinstance(obj, type) and hasattr(obj, "CLASSES") and hasattr(obj, "PALETTE"):
             return list(obj.CLASSES), [list(c) for c in obj.PALETTE]
-    raise ValueError(f"lightseg.data.{name.lower()} defines no dataset class with CLASSES and PALETTE")
+    raise ConfigError(f"lightseg.data.{name.lower()} defines no dataset class with CLASSES and PALETTE")
 
 
 def run_predict(args, rest: list[str]) -> int:

@@ -6,6 +6,7 @@ Kept apart from ``train.py`` so that the loop itself reads in one sitting.
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import random
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
+
+from lightseg.errors import CheckpointError, DataError, LightsegError, WeightsNotFoundError
 
 # ----------------------------------------------------------------------------------------------
 # Processes
@@ -52,7 +56,12 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     else:
         dev = torch.device("cpu")
     if info.enabled and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # Keys of this attempt only: after an elastic restart (torchrun --max-restarts) the store can
+        # still hold the addresses of the killed attempt's processes, and gloo would dial those.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"lightseg/attempt_{attempt}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
     return info, dev
 
 
@@ -94,7 +103,7 @@ class ResumableBatches:
         start_step: int,
     ):
         if num_samples <= 0:
-            raise ValueError("the training set is empty")
+            raise DataError("the training set is empty")
         self.n = num_samples
         self.b = batch_per_process
         self.accum = accum_steps
@@ -127,12 +136,46 @@ class ResumableBatches:
             step += 1
 
 
+class GuardedSamples(Dataset):
+    """The training set as the loop reads it. A sample whose reading raises a
+    :class:`~lightseg.errors.LightsegError` (an unreadable or mislabelled file) comes back as
+    ``{"error": message}`` — one clean message in the main process instead of a DataLoader worker
+    traceback. With ``skip``, the next readable sample (same augmentation seed) takes its place and
+    the sample carries ``skipped``: the messages of the files it replaced."""
+
+    def __init__(self, dataset: Dataset, skip: bool):
+        self.dataset = dataset
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        skipped: list[str] = []
+        for k in range(len(self)):
+            try:
+                sample = self.dataset[((index + k) % len(self), seed)]
+            except LightsegError as e:
+                if not self.skip:
+                    return {"error": str(e)}
+                skipped.append(str(e))
+                continue
+            return {**sample, "skipped": skipped}
+        return {"error": "no sample of the training set is readable:\n" + "\n".join(skipped[:5])}
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack ``image`` (N x 3 x H x W) and ``mask`` (N x H x W); keep ``meta`` as a list."""
+    """Stack ``image`` (N x 3 x H x W) and ``mask`` (N x H x W); keep ``meta`` as a list and the
+    messages of skipped samples (``skipped``). A sample that failed makes the batch ``{"error"}``."""
+    for s in samples:
+        if "error" in s:
+            return {"error": s["error"]}
     return {
         "image": torch.stack([torch.as_tensor(s["image"]) for s in samples]),
         "mask": torch.stack([torch.as_tensor(s["mask"]) for s in samples]),
         "meta": [s.get("meta", {}) for s in samples],
+        "skipped": [msg for s in samples for msg in s.get("skipped", [])],
     }
 
 
@@ -210,15 +253,29 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``<path>.tmp``, fsync, then rename over ``path``.
 
     The rename is atomic on POSIX: at every moment ``path`` is either the previous complete file or
-    the new complete file, so a run killed mid-write keeps its last good checkpoint.
+    the new complete file, so a run killed mid-write keeps its last good checkpoint. A write that
+    fails (a full disk) removes the temporary file and names the path.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: "
+            + ("the disk is full" if full else f"{e.strerror or e}")
+            + f"; the partial file was removed and the previous {path.name} (if any) is intact. "
+            + ("Free some space" if full else "Fix the folder")
+            + " and run the same command again to resume."
+        ) from e
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -232,11 +289,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def load_train_checkpoint(path: str | os.PathLike) -> dict:
     """Read a ``lightseg-train`` checkpoint (safely: tensors and plain containers only)."""
-    from lightseg.checkpoint import TRAIN_FORMAT, CheckpointError
+    from lightseg.checkpoint import TRAIN_FORMAT
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+        raise WeightsNotFoundError(f"checkpoint to resume from not found: {path}")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:

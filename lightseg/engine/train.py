@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightseg.checkpoint import with_classes
 from lightseg.config import Config, save_config
+from lightseg.data.base import set_max_image_pixels
 from lightseg.engine import optim as optim_lib
 from lightseg.engine import preflight
 from lightseg.engine.evaluate import build_eval_dataset, eval_transform, evaluate
+from lightseg.engine.resume import (
+    CKPT_BEST,
+    CKPT_LAST,
+    CKPT_PREVIOUS,
+    FINAL_METRICS,
+    apply_hyperparameters,
+    candidates,
+    check_same_run,
+    nonfinite_state,
+    previous_checkpoints,
+    refuse_other_run,
+)
 from lightseg.engine.runtime import (
     DistInfo,
+    GuardedSamples,
     ModelEMA,
     ResumableBatches,
     all_reduce_mean,
@@ -45,16 +61,12 @@ from lightseg.engine.runtime import (
     set_rng_state,
 )
 from lightseg.engine.tensorboard import EvalSummaries
-from lightseg.errors import DivergenceError, WeightsNotFoundError
+from lightseg.errors import CheckpointError, ConfigError, DataError, DivergenceError, WeightsNotFoundError
 from lightseg.losses import SegLoss, build_seg_loss
-from lightseg.meta import META_KEY
+from lightseg.meta import META_KEY, ModelMeta
 from lightseg.metrics import format_table
 
-CKPT_LAST = "last.pt"
-CKPT_BEST = "best.pt"
-
-
-# The loss became NaN/inf; the message names the iteration and the last good checkpoint.
+# The loss, a gradient or the saved state became NaN/inf; the message names the last finite checkpoint.
 TrainingDiverged = DivergenceError
 
 
@@ -66,6 +78,9 @@ class TrainState:
     best: dict[str, Any] = field(default_factory=dict)  # {"mIoU": ..., "iteration": ...}
     last_checkpoint: Path | None = None
     last_iteration_saved: int = 0
+    last_pt_iteration: int | None = None  # what <work_dir>/last.pt holds, when known
+    skipped_steps: int = 0  # non-finite steps skipped (train.skip_nonfinite)
+    skipped_samples: list[str] = field(default_factory=list)  # unreadable samples (data.on_error skip)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,7 +122,7 @@ def build_model(cfg: Config, num_classes: int) -> tuple[nn.Module, str]:
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype: ``auto`` is bf16 (else fp16) on CUDA and off on CPU."""
     if amp not in ("auto", "off", "bf16", "fp16"):
-        raise ValueError(f"train.amp must be auto, off, bf16 or fp16, got {amp!r}")
+        raise ConfigError(f"train.amp must be auto, off, bf16 or fp16, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
@@ -128,7 +143,7 @@ def build_loss(cfg: Config, model: nn.Module, ignore_index: int) -> SegLoss:
         seed=cfg.run.seed,
     )
     if weight > 0 and loss_fn.contrastive is None:
-        raise ValueError(
+        raise ConfigError(
             f"train.contrastive_weight is {weight} but {cfg.model.name} gives no embedding features "
             "(its head has no embed_channels); set --train.contrastive_weight 0"
         )
@@ -164,20 +179,25 @@ def _meta_json(model: nn.Module) -> str | None:
 
 class RunLog:
     """Rank 0's outputs: ``log.jsonl`` (one JSON object per record), TensorBoard events if
-    available, and messages above the progress bar. Other ranks write nothing."""
+    available, and messages above the progress bar. Other ranks write nothing.
 
-    def __init__(self, work_dir: Path, info: DistInfo, tensorboard: bool):
+    ``start`` is the iteration the run continues from: records after it (written by the
+    interrupted process after its last checkpoint) are dropped, so the log never holds an
+    iteration twice."""
+
+    def __init__(self, work_dir: Path, info: DistInfo, tensorboard: bool, start: int = 0):
         self.main = info.is_main
         self.tb = None
         if not self.main:
             return
         work_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(work_dir / "log.jsonl", start)
         self.jsonl = open(work_dir / "log.jsonl", "a")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(work_dir / "tb"))
+                self.tb = SummaryWriter(str(work_dir / "tb"), purge_step=start + 1 if start else None)
             except ImportError:
                 self.info("tensorboard is not installed; logging to log.jsonl only")
 
@@ -204,6 +224,23 @@ class RunLog:
                 self.tb.close()
 
 
+def _truncate_log(path: Path, start: int) -> None:
+    """Keep the records up to iteration ``start`` (a torn last line of a killed run goes too)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("iter", 0) <= start:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop
 
@@ -224,6 +261,7 @@ def train(
     info, device = init_distributed(cfg.run.device)
     work_dir, dir_note = preflight.resolve_work_dir(cfg, info)
     cfg.run.work_dir = str(work_dir)
+    set_max_image_pixels(cfg.data.max_image_pixels)
     seed_everything(cfg.run.seed + info.rank)
 
     # Every split the run uses is opened (and checked) before anything is written or trained.
@@ -231,11 +269,24 @@ def train(
     if val_set is None and cfg.data.val_split:
         val_set = preflight.open_split(cfg, "val_split", eval_transform(cfg))
     preflight.check_classes(train_set, val_set, model)
-    log = RunLog(work_dir, info, cfg.run.tensorboard)
-    if dir_note:
-        log.info(dir_note)
+
+    ckpt, resume_from, notes = _load_resume(cfg, work_dir, info)
+    changes = check_same_run(ckpt["config"], cfg, ckpt["iteration"], resume_from) if ckpt else {}
+    log = RunLog(work_dir, info, cfg.run.tensorboard, start=ckpt["iteration"] if ckpt else 0)
+    for note in [dir_note, *notes]:
+        if note:
+            log.info(note)
+    evaluates = val_set is not None or bool(cfg.data.val_split)
+    if (
+        ckpt
+        and ckpt["iteration"] == cfg.train.iters
+        and (not evaluates or (work_dir / FINAL_METRICS).is_file())
+    ):
+        return _already_complete(ckpt, resume_from, work_dir, log)  # else only the final evaluation is due
     num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
     ignore_index = int(getattr(train_set, "ignore_index", 255))
+    if ckpt:
+        _check_classes(ckpt, num_classes, resume_from)
     if model is None:
         model, weights_note = build_model(cfg, num_classes)
         log.info(weights_note)
@@ -263,24 +314,14 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
-    state = TrainState()
-    resume_from = _resume_path(cfg, work_dir)
-    saved_rng = None
-    if resume_from is not None:
-        ckpt = load_train_checkpoint(resume_from)
-        model.load_state_dict(ckpt["model"])
-        loss_fn.load_state_dict(ckpt.get("loss", {}))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        state = TrainState(
-            ckpt["iteration"], dict(ckpt.get("best", {})), Path(resume_from), ckpt["iteration"]
-        )
-        ranks = ckpt["rng"]
-        saved_rng = ranks[info.rank] if len(ranks) == info.world_size else None
-        log.info(f"resumed from {resume_from} at iteration {state.iteration}")
+    state, saved_rng = TrainState(), None
+    if ckpt:
+        _restore(ckpt, resume_from, model, loss_fn, optimizer, scheduler, scaler, ema)
+        state, saved_rng = _resumed_state(ckpt, resume_from, work_dir, info, log)
+        if changes:
+            apply_hyperparameters(optimizer, scheduler, cfg)
+            log.info("resumed with changes (run.allow_changes):\n" + _describe(changes))
+        log.record("resume", state.iteration, {"from": str(resume_from), "changes": _jsonable(changes)})
     if info.is_main:
         save_config(cfg, work_dir / "config.yaml")
         log.info(f"run directory: {work_dir}\nparameter groups:\n{optim_lib.describe_groups(optimizer)}")
@@ -293,8 +334,9 @@ def train(
         len(train_set), micro_batch, cfg.train.accum_steps, cfg.run.seed, info, state.iteration
     )
     loader = DataLoader(
-        train_set, batch_sampler=batches, num_workers=cfg.data.num_workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
+        GuardedSamples(train_set, skip=_skip_bad_samples(cfg)), batch_sampler=batches,
+        num_workers=cfg.data.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
     )  # fmt: skip
     batch_iter = iter(loader)  # created before restoring the RNG: its base seed draw must not shift it
     if saved_rng is not None:
@@ -307,7 +349,7 @@ def train(
     t0, seen = time.perf_counter(), 0
     model.train()
     while state.iteration < cfg.train.iters:
-        loss = _train_step(ctx, step_model, batch_iter, state)
+        loss = _guarded_step(ctx, step_model, batch_iter, state)
         state.iteration += 1
         seen += cfg.train.batch_size
         lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"]
@@ -329,6 +371,12 @@ def train(
     val_set = _maybe_evaluate(ctx, state, val_set, final=True)
     result["metrics"] = state.best.get("last_metrics")
     result["best"] = {k: v for k, v in state.best.items() if k != "last_metrics"}
+    result["skipped"] = state.skipped_samples
+    if state.skipped_samples:
+        log.info(
+            f"{len(state.skipped_samples)} unreadable sample(s) skipped:\n  "
+            + "\n  ".join(state.skipped_samples)
+        )
     log.close()
     return result
 
@@ -351,14 +399,43 @@ class _Context:
     amp_dtype: torch.dtype | None
 
 
+def _guarded_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainState) -> float:
+    """One step; a data error (with ``data.on_error fail``) first saves an emergency checkpoint of
+    the steps done since the last one, so that fixing the file and rerunning loses nothing."""
+    try:
+        return _train_step(ctx, step_model, batch_iter, state)
+    except DataError as e:
+        if ctx.info.enabled or state.iteration == state.last_iteration_saved:
+            raise  # under DDP the other processes cannot join a save
+        _save(ctx, state, CKPT_LAST)
+        raise DataError(
+            f"{e}\nSaved an emergency checkpoint {state.last_checkpoint} at iteration {state.iteration}: fix "
+            "or remove the file and run the same command again to continue (or --data.on_error skip)."
+        ) from None
+
+
+def _next_batch(ctx: _Context, batch_iter, state: TrainState) -> dict:
+    batch = next(batch_iter)
+    if "error" in batch:
+        raise DataError(batch["error"])
+    for msg in batch["skipped"]:
+        state.skipped_samples.append(msg)
+        ctx.log.info(f"skipped an unreadable sample (data.on_error skip): {msg}")
+        ctx.log.record("skipped", state.iteration + 1, {"error": msg})
+    return batch
+
+
 def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainState) -> float:
     """One optimizer step over ``accum_steps`` micro-batches; returns the step's mean loss over
-    all processes. Stops the run on a non-finite loss before the weights are touched."""
+    all processes. A non-finite loss or gradient never reaches the weights: the step is skipped
+    (``train.skip_nonfinite``) or the run stops naming the last finite checkpoint."""
     cfg, accum = ctx.cfg, ctx.cfg.train.accum_steps
+    # Read the whole step first: a bad file then stops the run between steps, where it can be saved.
+    batches = [_next_batch(ctx, batch_iter, state) for _ in range(accum)]
+    buffers = [b.clone() for b in ctx.model.buffers()] if cfg.train.skip_nonfinite else None
     total = torch.zeros((), device=ctx.device)
     try:
-        for micro in range(accum):
-            batch = next(batch_iter)
+        for micro, batch in enumerate(batches):
             image = batch["image"].to(ctx.device, non_blocking=True)
             mask = batch["mask"].to(ctx.device, non_blocking=True)
             if cfg.train.channels_last:
@@ -383,13 +460,10 @@ def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainSt
             "--train.amp bf16 (or fp16), or more GPUs."
         ) from e
     loss_value = float(all_reduce_mean(total, ctx.info))
-    if not math.isfinite(loss_value):
-        last = state.last_checkpoint
-        where = f"{last} (iteration {state.last_iteration_saved})" if last else "none written yet"
-        raise TrainingDiverged(
-            f"loss is {loss_value} at iteration {state.iteration + 1}; stopped before updating the weights. "
-            f"Last good checkpoint: {where}. Try a lower --optim.lr, --train.amp off or --optim.grad_clip."
-        )
+    bad = _nonfinite_step(ctx, loss_value)
+    if bad:
+        _skip_or_stop(ctx, state, bad, buffers)
+        return loss_value
     if cfg.optim.grad_clip:
         ctx.scaler.unscale_(ctx.optimizer)
         params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
@@ -403,16 +477,63 @@ def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainSt
     return loss_value
 
 
+def _nonfinite_step(ctx: _Context, loss_value: float) -> str:
+    """What is non-finite in this step ("" if nothing). With a GradScaler (fp16) the scaler itself
+    skips steps with non-finite gradients, as intended; otherwise they are checked here."""
+    if not math.isfinite(loss_value):
+        return f"loss is {loss_value}"
+    if ctx.scaler.is_enabled():
+        return ""
+    grads = [p.grad for g in ctx.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        return "the gradient is not finite"
+    return ""
+
+
+def _skip_or_stop(ctx: _Context, state: TrainState, bad: str, buffers: list[torch.Tensor] | None) -> None:
+    """Skip the step (undo its BatchNorm statistics, keep the schedule in step) while
+    ``train.skip_nonfinite`` allows, else stop naming the last finite checkpoint."""
+    it = state.iteration + 1
+    if state.skipped_steps >= ctx.cfg.train.skip_nonfinite:
+        allowed = ctx.cfg.train.skip_nonfinite
+        raise DivergenceError(
+            f"{bad} at iteration {it}; stopped before updating the weights"
+            + (
+                f" ({allowed} non-finite step(s) already skipped, train.skip_nonfinite {allowed})"
+                if allowed
+                else ""
+            )
+            + f". {_last_finite(state)}. Try a lower --optim.lr, --train.amp off or --optim.grad_clip "
+            "(resuming with a change needs --run.allow_changes [optim.lr])."
+        )
+    state.skipped_steps += 1
+    ctx.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for b, saved in zip(ctx.model.buffers(), buffers or []):
+            b.copy_(saved)
+    ctx.scheduler.step()
+    ctx.log.info(
+        f"iteration {it}: {bad}; step skipped ({state.skipped_steps}/{ctx.cfg.train.skip_nonfinite})"
+    )
+    ctx.log.record("skipped_step", it, {"reason": bad})
+
+
+def _last_finite(state: TrainState) -> str:
+    last = state.last_checkpoint
+    where = f"{last} (iteration {state.last_iteration_saved})" if last else "none written yet"
+    return f"Last finite checkpoint: {where}"
+
+
 def _save(ctx: _Context, state: TrainState, name: str) -> None:
-    """Atomic checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+    """Atomic checkpoint (rank 0 writes; every rank contributes its RNG state). Only finite state
+    is saved: a NaN or inf anywhere stops the run instead. ``last.pt`` keeps its predecessors
+    (``train.keep_checkpoints``) as fallbacks."""
     rngs = [rng_state()]
     if ctx.info.enabled:
         import torch.distributed as dist
 
         rngs = [None] * ctx.info.world_size
         dist.all_gather_object(rngs, rng_state())
-    if not ctx.info.is_main:
-        return
     ckpt = {
         "format": "lightseg-train",
         "model": ctx.model.state_dict(),
@@ -427,10 +548,46 @@ def _save(ctx: _Context, state: TrainState, name: str) -> None:
         "rng": rngs,
         "config": ctx.cfg.to_dict(),
     }
+    _check_finite(ckpt, state)
+    if not ctx.info.is_main:
+        return
+    if name == CKPT_LAST:
+        _keep_previous(ctx.work_dir, state, ctx.cfg.train.keep_checkpoints)
     path = atomic_save(ckpt, ctx.work_dir / name)
     if name == CKPT_LAST:
         state.last_checkpoint = path
-        state.last_iteration_saved = state.iteration
+        state.last_iteration_saved = state.last_pt_iteration = state.iteration
+
+
+def _check_finite(ckpt: dict, state: TrainState) -> None:
+    tensors = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    tensors.update({f"loss.{k}": v for k, v in ckpt["loss"].items() if isinstance(v, torch.Tensor)})
+    tensors.update({f"ema.{k}": v for k, v in (ckpt["ema"] or {}).items()})
+    for i, s in ckpt["optimizer"]["state"].items():
+        tensors.update({f"optimizer.{i}.{k}": v for k, v in s.items() if isinstance(v, torch.Tensor)})
+    bad = nonfinite_state(tensors)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise DivergenceError(
+            f"the training state is not finite at iteration {state.iteration} ({len(bad)} tensor(s) hold NaN "
+            f"or inf: {shown}); not saved. {_last_finite(state)}. Try a lower --optim.lr or --optim.grad_clip "
+            "(resuming with a change needs --run.allow_changes [optim.lr])."
+        )
+
+
+def _keep_previous(work_dir: Path, state: TrainState, keep: int) -> None:
+    """Before ``last.pt`` is replaced, keep it as ``iter_<N>.pt`` (a hard link: no copy) and drop
+    the kept ones beyond ``keep - 1``."""
+    last, held = work_dir / CKPT_LAST, state.last_pt_iteration
+    if keep > 1 and last.is_file() and held is not None and held < state.iteration:
+        previous = work_dir / CKPT_PREVIOUS.format(held)
+        previous.unlink(missing_ok=True)
+        try:
+            os.link(last, previous)
+        except OSError:  # a file system without hard links
+            shutil.copy2(last, previous)
+    for old in previous_checkpoints(work_dir)[max(keep - 1, 0) :]:
+        old.unlink()
 
 
 def _maybe_evaluate(
@@ -476,8 +633,110 @@ def _maybe_evaluate(
             "split, so its figure is optimistic; report the final weights' figures"
         )
         if ctx.info.is_main:
-            (ctx.work_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=1))
+            (ctx.work_dir / FINAL_METRICS).write_text(json.dumps(metrics, indent=1))
     return val_set
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming
+
+
+def _load_resume(cfg: Config, work_dir: Path, info: DistInfo) -> tuple[dict | None, Path | None, list[str]]:
+    """The checkpoint this run continues (``run.resume``), its path, and notes for the log.
+
+    ``auto`` takes the newest readable checkpoint of ``work_dir`` (a corrupt ``last.pt`` is set
+    aside as ``last.pt.corrupt`` with a warning). A new run never starts over another run's files."""
+    r = cfg.run.resume
+    if r == "none":
+        refuse_other_run(work_dir, "starting a new run there (run.resume none)")
+        return None, None, []
+    if r != "auto":
+        path = Path(r)
+        if path.resolve().parent != work_dir.resolve():
+            refuse_other_run(work_dir, f"continuing {path} there")
+        return load_train_checkpoint(path), path, []
+    notes, failed = [], []
+    for path in candidates(work_dir):
+        try:
+            ckpt = load_train_checkpoint(path)
+        except CheckpointError as e:
+            failed.append(path)
+            notes.append(f"warning: {e}; trying an older checkpoint")
+            continue
+        if failed and failed[0].name == CKPT_LAST and info.is_main:
+            failed[0].replace(failed[0].with_name(CKPT_LAST + ".corrupt"))
+            notes.append(f"warning: set the unreadable {CKPT_LAST} aside as {CKPT_LAST}.corrupt")
+        return ckpt, path, notes
+    if failed:
+        raise CheckpointError(
+            f"no readable checkpoint in {work_dir}:\n" + "\n".join(notes) + "\nUse another --run.work_dir or "
+            "--resume PATH."
+        )
+    if (work_dir / CKPT_BEST).is_file() or (work_dir / FINAL_METRICS).is_file():
+        refuse_other_run(work_dir, "starting a new run there (it has no last.pt to resume)")
+    return None, None, []
+
+
+def _already_complete(ckpt: dict, path: Path, work_dir: Path, log: RunLog) -> dict[str, Any]:
+    log.info(
+        f"{path} is at iteration {ckpt['iteration']} = train.iters: this run is complete, nothing to train "
+        "(to train longer: --train.iters N --run.allow_changes [train.iters])."
+    )
+    log.close()
+    final = work_dir / FINAL_METRICS
+    metrics = json.loads(final.read_text()) if final.is_file() else None
+    return {"iteration": ckpt["iteration"], "best": dict(ckpt.get("best", {})), "work_dir": str(work_dir),
+            "metrics": metrics, "skipped": []}  # fmt: skip
+
+
+def _check_classes(ckpt: dict, num_classes: int, path: Path) -> None:
+    meta = ckpt.get(META_KEY)
+    saved = int((ModelMeta.from_json(meta, str(path)).num_classes or 0) if meta else 0)
+    if saved and num_classes and saved != num_classes:
+        raise ConfigError(
+            f"cannot resume {path}: its model predicts {saved} classes, the dataset has {num_classes}. "
+            "Start a new run in another --run.work_dir (or use --model.weights to initialise from it)."
+        )
+
+
+def _restore(ckpt, path, model, loss_fn, optimizer, scheduler, scaler, ema) -> None:
+    try:
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt.get("loss", {}))
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot resume {path}: its state does not fit this model ({e})") from None
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+
+
+def _resumed_state(
+    ckpt: dict, path: Path, work_dir: Path, info: DistInfo, log: RunLog
+) -> tuple[TrainState, dict | None]:
+    """The loop state a checkpoint continues, and this process's saved RNG state (None when the
+    number of processes changed: then the RNG streams start afresh)."""
+    state = TrainState(ckpt["iteration"], dict(ckpt.get("best", {})), Path(path), ckpt["iteration"])
+    if Path(path) == work_dir / CKPT_LAST:
+        state.last_pt_iteration = state.iteration
+    ranks = ckpt["rng"]
+    log.info(f"resumed from {path} at iteration {state.iteration}")
+    return state, ranks[info.rank] if len(ranks) == info.world_size else None
+
+
+def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
+def _jsonable(changes: dict[str, tuple[Any, Any]]) -> dict[str, list]:
+    return {k: [old, new] for k, (old, new) in changes.items()}
+
+
+def _skip_bad_samples(cfg: Config) -> bool:
+    if cfg.data.on_error not in ("fail", "skip"):
+        raise ConfigError(f"data.on_error must be fail or skip, got {cfg.data.on_error!r}")
+    return cfg.data.on_error == "skip"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,21 +760,11 @@ def _prepare_model(model: nn.Module, info: DistInfo, device: torch.device, log: 
 def _micro_batch(cfg: Config, info: DistInfo) -> int:
     per_step = info.world_size * cfg.train.accum_steps
     if cfg.train.batch_size % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size {cfg.train.batch_size} must be a multiple of processes x accum_steps = "
             f"{info.world_size} x {cfg.train.accum_steps} = {per_step}"
         )
     return cfg.train.batch_size // per_step
-
-
-def _resume_path(cfg: Config, work_dir: Path) -> Path | None:
-    r = cfg.run.resume
-    if r == "none":
-        return None
-    if r == "auto":
-        last = work_dir / CKPT_LAST
-        return last if last.is_file() else None
-    return Path(r)
 
 
 def _progress(cfg: Config, state: TrainState, info: DistInfo):

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout, remap_keys
+from lightseg.errors import ConfigError, InputError
 from lightseg.layers import ConvBN, DropPath
 from lightseg.models.registry import register_model
 
@@ -83,7 +84,7 @@ class EfficientFormerV2Config:
 
     def __post_init__(self) -> None:
         if tuple(len(r) for r in self.mlp_ratios) != self.depths:
-            raise ValueError(
+            raise ConfigError(
                 f"mlp_ratios lengths {[len(r) for r in self.mlp_ratios]} != depths {self.depths}"
             )
 
@@ -213,7 +214,7 @@ class _SegPositionBias(nn.Module):
         if fixed is None or self.training:  # training needs the gradient through the table
             return self._resized_bias(nq, nk)
         if tuple(fixed.shape[-2:]) != (nq, nk):
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}: position bias fixed for {tuple(fixed.shape[-2:])} queries x keys, "
                 f"got {nq} x {nk}; call fix_input_size() with the new input size, or None for any size"
             )
@@ -560,7 +561,7 @@ class EfficientFormerV2(nn.Module):
     def _check_size(self, h: int, w: int) -> None:
         if h % SIZE_DIVISOR or w % SIZE_DIVISOR:
             d = SIZE_DIVISOR
-            raise ValueError(
+            raise InputError(
                 f"input size {h}x{w} is not a multiple of {d}: EfficientFormerV2 needs height and width "
                 f"divisible by {d} (pad to {-(-h // d) * d}x{-(-w // d) * d})"
             )
@@ -582,7 +583,7 @@ class EfficientFormerV2(nn.Module):
         self._check_size(h, w)
         fixed = self.fixed_input_size
         if fixed is not None and not self.training and (h, w) != fixed:
-            raise ValueError(
+            raise InputError(
                 f"EfficientFormerV2 was fixed to input size {fixed[0]}x{fixed[1]} by fix_input_size(), "
                 f"got {h}x{w}; call fix_input_size(({h}, {w})) or fix_input_size(None) for any size"
             )

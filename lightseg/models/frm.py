@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightseg.errors import ConfigError, InputError, UnknownOptionError
 from lightseg.layers import ConvBN, ConvBNAct
 from lightseg.models.registry import get_entry, register_model
 from lightseg.models.segmentor import Segmentor
@@ -74,13 +75,13 @@ class FRMConfig:
 
     def __post_init__(self) -> None:
         if self.pooling not in ("polyphase", "avg"):
-            raise ValueError(f"pooling must be 'polyphase' or 'avg', got {self.pooling!r}")
+            raise ConfigError(f"pooling must be 'polyphase' or 'avg', got {self.pooling!r}")
         if self.nonlocal_kind not in ("disentangled", "plain"):
-            raise ValueError(f"nonlocal_kind must be 'disentangled' or 'plain', got {self.nonlocal_kind!r}")
+            raise ConfigError(f"nonlocal_kind must be 'disentangled' or 'plain', got {self.nonlocal_kind!r}")
         if self.D % 2:
-            raise ValueError(f"D must be even (the non-local block works at D/2), got {self.D}")
+            raise ConfigError(f"D must be even (the non-local block works at D/2), got {self.D}")
         if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
+            raise ConfigError(f"tau must be positive, got {self.tau}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def polyphase_downsample(x: torch.Tensor) -> torch.Tensor:
     sensitive to rounding: another runtime may pick another component (see docs/frm.md)."""
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
-        raise ValueError(f"polyphase pooling needs even sides, got {h}x{w}")
+        raise InputError(f"polyphase pooling needs even sides, got {h}x{w}")
     comps = torch.stack([x[..., i::2, j::2] for i in (0, 1) for j in (0, 1)], dim=1)  # N×4×C×h×w
     best = comps.flatten(2).norm(dim=2).argmax(dim=1)  # N
     return comps[torch.arange(x.shape[0], device=x.device), best]
@@ -105,7 +106,7 @@ def pool_by(x: torch.Tensor, factor: int, kind: str) -> torch.Tensor:
     if factor == 1:
         return x
     if factor & (factor - 1):
-        raise ValueError(f"pooling factor must be a power of two, got {factor}")
+        raise ConfigError(f"pooling factor must be a power of two, got {factor}")
     if kind == "avg":
         return F.avg_pool2d(x, factor)
     for _ in range(int(math.log2(factor))):
@@ -205,11 +206,11 @@ class FeatureRefinementModule(nn.Module):
         super().__init__()
         n = len(in_channels)
         if cfg.D % n:
-            raise ValueError(f"D={cfg.D} must be divisible by the number of stages ({n})")
+            raise ConfigError(f"D={cfg.D} must be divisible by the number of stages ({n})")
         coarsest = max(reductions)
         self.factors = [coarsest // r for r in reductions]
         if any(f * r != coarsest for f, r in zip(self.factors, reductions)):
-            raise ValueError(f"stage reductions {reductions} must divide the coarsest one ({coarsest})")
+            raise ConfigError(f"stage reductions {reductions} must divide the coarsest one ({coarsest})")
         self.pooling = cfg.pooling
         self.project = ConvBNAct(sum(in_channels), cfg.D, 1)
         self.block = TransformerBlock(cfg.D, cfg)
@@ -260,7 +261,7 @@ class FRMHead(nn.Module):
     def __init__(self, in_channels: list[int], reductions: list[int], num_classes: int, cfg: FRMConfig):
         super().__init__()
         if list(reductions) != sorted(reductions):
-            raise ValueError(f"backbone maps must come finest first, got reductions {reductions}")
+            raise ConfigError(f"backbone maps must come finest first, got reductions {reductions}")
         self.cfg = cfg
         self.output_stride = int(reductions[0])
         self.embed_channels = cfg.E  # width of forward_train()["embed_features"]
@@ -319,7 +320,9 @@ def _frm(name: str, num_classes: int, drop_path_rate: float | None, options: dic
     variant = FRM_VARIANTS[name]
     unknown = sorted(set(options) - _CFG_FIELDS)
     if unknown:
-        raise TypeError(f"{name}: unknown option(s) {unknown}; FRMConfig fields: {sorted(_CFG_FIELDS)}")
+        raise UnknownOptionError(
+            f"{name}: unknown option(s) {unknown}; FRMConfig fields: {sorted(_CFG_FIELDS)}"
+        )
     rate = variant.drop_path_rate if drop_path_rate is None else drop_path_rate
     backbone = get_entry(variant.backbone).factory(drop_path_rate=rate)
     return build_frm(backbone, num_classes, replace(variant.head, **options))

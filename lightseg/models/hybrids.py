@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from lightseg.errors import UnknownOptionError
 from lightseg.models.cgrseg import VARIANTS as CGRSEG_VARIANTS
 from lightseg.models.cgrseg import CGRSegHeadConfig, build_cgrseg
 from lightseg.models.frm import FRM_VARIANTS, FRMConfig, build_frm
@@ -63,7 +64,7 @@ def build_hybrid(
     valid = {f.name for f in fields(spec.head)}
     unknown = sorted(set(head_options) - valid)
     if unknown:
-        raise TypeError(
+        raise UnknownOptionError(
             f"{name}: unknown head option(s) {unknown}; {type(spec.head).__name__} fields: {sorted(valid)}"
         )
     head_cfg = replace(spec.head, **head_options)

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from lightseg.errors import UnknownModelError
+from lightseg.errors import ConfigError, UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ def register_model(
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``fn`` under ``fn.__name__``; a segmentor names its ``backbone``."""
     if kind not in ("segmentor", "backbone"):
-        raise ValueError(f"kind must be 'segmentor' or 'backbone', got {kind!r}")
+        raise ConfigError(f"kind must be 'segmentor' or 'backbone', got {kind!r}")
     if (kind == "segmentor") != (backbone is not None):
-        raise ValueError("a segmentor must name its registered backbone, a backbone must not")
+        raise ConfigError("a segmentor must name its registered backbone, a backbone must not")
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightseg.errors import InputError
+
 
 class Segmentor(nn.Module):
     """``head(backbone(x))``.
@@ -31,11 +33,11 @@ class Segmentor(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+            raise InputError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
         h, w = int(x.shape[-2]), int(x.shape[-1])
         d = self.size_divisor
         if h % d or w % d:
-            raise ValueError(
+            raise InputError(
                 f"input size {h}x{w} is not a multiple of {d}: {type(self).__name__} needs height and "
                 f"width divisible by {d} (pad to {-(-h // d) * d}x{-(-w // d) * d}, "
                 "e.g. with lightseg.engine.inference)"
