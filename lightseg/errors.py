@@ -28,6 +28,10 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
     """The dataset root (or one of its required folders) does not exist; names the expected layout."""
 
 
+class SplitNotFoundError(DatasetNotFoundError):
+    """A split the dataset does not have; names the splits it has."""
+
+
 class CheckpointError(LightsegError, ValueError):
     """A checkpoint or weights file that cannot be read or does not fit the model."""
 

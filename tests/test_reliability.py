@@ -311,7 +311,9 @@ def test_cli_reports_user_errors_only(tmp_path, monkeypatch, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train:\n  iters: 5\n  batch_size: [1,\n")
     assert main(["train", str(recipe)]) == 2
-    assert f"{recipe}:4:1: invalid YAML" in capsys.readouterr().err  # the file and line of the YAML error
+    assert (
+        f"{recipe}, line 4, column 1: invalid YAML" in capsys.readouterr().err
+    )  # the file and line of the YAML error
     recipe.write_text("train:\n  iters: 5\n")
 
     def bug(cfg):

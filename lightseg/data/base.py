@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lightseg.errors import DataError, DatasetNotFoundError
+from lightseg.errors import DataError, DatasetNotFoundError, SplitNotFoundError
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -260,7 +260,7 @@ class SegDataset(Dataset):
             return split
         close = difflib.get_close_matches(split, list(self.splits), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise DataError(f"{self.name}: unknown split {split!r}{hint}; known: {sorted(self.splits)}")
+        raise SplitNotFoundError(f"{self.name}: unknown split {split!r}{hint}; known: {sorted(self.splits)}")
 
     def require_dir(self, folder: Path) -> Path:
         if not folder.is_dir():

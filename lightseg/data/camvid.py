@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lightseg.data.base import IGNORE_INDEX, DataError, Scan, SegDataset, lut_mask
+from lightseg.data.base import IGNORE_INDEX, DataError, Scan, SegDataset, SplitNotFoundError, lut_mask
 
 LAYOUT = """\
   camvid/                               (pass this folder or its parent as the root)
@@ -48,7 +48,7 @@ class CamVid(SegDataset):
     def scan(self) -> Scan:
         list_file = self.root / f"{self.split_dir}.txt"
         if not list_file.is_file():
-            raise DataError(f"camvid: split list {list_file} not found; expected layout:\n{LAYOUT}")
+            raise SplitNotFoundError(f"camvid: split list {list_file} not found; expected layout:\n{LAYOUT}")
         scan = Scan()
         for n, line in enumerate(list_file.read_text().splitlines(), 1):
             if not line.strip():

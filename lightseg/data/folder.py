@@ -38,6 +38,7 @@ from lightseg.data.base import (
     DatasetNotFoundError,
     Scan,
     SegDataset,
+    SplitNotFoundError,
     list_files,
     lut_mask,
     match_pairs,
@@ -224,7 +225,7 @@ class FolderDataset(SegDataset):
 
     def resolve_split(self, split: str) -> str:
         if split not in self.available_splits:
-            raise DataError(
+            raise SplitNotFoundError(
                 f"folder dataset at {self.root} ({self.detected_layout} layout): no split {split!r}; "
                 f"splits here: {', '.join(self.available_splits)}. Accepted layouts:\n{LAYOUTS}"
             )

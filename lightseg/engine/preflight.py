@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lightseg.config import Config
-from lightseg.errors import ConfigError, DataError, DatasetNotFoundError
+from lightseg.errors import ConfigError, DataError, DatasetNotFoundError, SplitNotFoundError
 
 AMP_VALUES = ("off", "bf16", "fp16", "auto")
 EVAL_MODES = ("whole", "slide")
@@ -98,10 +98,12 @@ def open_split(cfg: Config, field: str, transform: Any = None) -> Any:
     split = getattr(cfg.data, field)
     try:
         ds = build_dataset_from_config(cfg.data, split, transform)
+    except SplitNotFoundError as e:
+        raise ConfigError(f"data.{field} {split!r}: {e}") from e
     except DatasetNotFoundError as e:
         raise ConfigError(f"data.root {cfg.data.root}: {e}") from e
-    except DataError as e:
-        raise ConfigError(f"data.{field} {split!r}: {e}") from e
+    except DataError as e:  # a bad file stays a data error, with the split it was found in
+        raise type(e)(f"data.{field} {split!r}: {e}") from e
     if len(ds) == 0:
         raise ConfigError(f"data.{field} {split!r}: the split at {cfg.data.root} holds no image/mask pairs")
     return ds

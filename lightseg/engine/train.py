@@ -63,7 +63,7 @@ from lightseg.engine.runtime import (
 from lightseg.engine.tensorboard import EvalSummaries
 from lightseg.errors import CheckpointError, ConfigError, DataError, DivergenceError, WeightsNotFoundError
 from lightseg.losses import SegLoss, build_seg_loss
-from lightseg.meta import META_KEY, ModelMeta
+from lightseg.meta import META_KEY
 from lightseg.metrics import format_table
 
 # The loss, a gradient or the saved state became NaN/inf; the message names the last finite checkpoint.
@@ -538,6 +538,7 @@ def _save(ctx: _Context, state: TrainState, name: str) -> None:
         "format": "lightseg-train",
         "model": ctx.model.state_dict(),
         META_KEY: _meta_json(ctx.model),
+        "num_classes": int(getattr(ctx.model, "num_classes", 0)),  # also for models built by hand
         "loss": ctx.loss_fn.state_dict(),
         "optimizer": ctx.optimizer.state_dict(),
         "scheduler": ctx.scheduler.state_dict(),
@@ -690,8 +691,7 @@ def _already_complete(ckpt: dict, path: Path, work_dir: Path, log: RunLog) -> di
 
 
 def _check_classes(ckpt: dict, num_classes: int, path: Path) -> None:
-    meta = ckpt.get(META_KEY)
-    saved = int((ModelMeta.from_json(meta, str(path)).num_classes or 0) if meta else 0)
+    saved = int(ckpt.get("num_classes") or 0)
     if saved and num_classes and saved != num_classes:
         raise ConfigError(
             f"cannot resume {path}: its model predicts {saved} classes, the dataset has {num_classes}. "
