@@ -4,6 +4,7 @@ Public face: :func:`create_model`, :func:`list_models`, :func:`load_checkpoint`.
 """
 
 from lightseg.checkpoint import load_checkpoint, load_weights, save_weights
+from lightseg.engine.segmenter import Segmenter
 from lightseg.errors import CheckpointError, LightsegError
 from lightseg.meta import ModelMeta
 from lightseg.models.registry import create_model, list_models
@@ -14,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "LightsegError",
     "ModelMeta",
+    "Segmenter",
     "__version__",
     "create_model",
     "list_models",

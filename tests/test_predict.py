@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lightseg import save_weights
+from lightseg import Segmenter, save_weights
 from lightseg.cli import main
 from lightseg.engine.inference import forward_whole
-from lightseg.engine.predict import InputError, Segmenter, collect_inputs
+from lightseg.engine.media import collect_inputs
+from lightseg.errors import InputError
 from lightseg.models import create_model
 
 # CamVid palette, typed from shared/data/README.md (independent of lightseg.data).
@@ -34,7 +35,7 @@ def weights(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seg(model):
-    return Segmenter(model, palette=CAMVID_PALETTE, optimize="fold-bn")
+    return Segmenter(model, runtime="torch", palette=CAMVID_PALETTE, optimize="fold-bn")
 
 
 def test_predict_camvid_writes_palette_pngs_and_overlays(shared_data, weights, seg, tmp_path):
@@ -49,6 +50,8 @@ def test_predict_camvid_writes_palette_pngs_and_overlays(shared_data, weights, s
             "--out",
             str(tmp_path),
             "--no-progress",
+            "--runtime",
+            "torch",
         ]
     )
     assert rc == 0
@@ -66,7 +69,7 @@ def test_odd_size_and_batching_match_eager(model, seg):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (361, 479, 3), dtype=np.uint8)
     b = rng.integers(0, 256, (361, 479, 3), dtype=np.uint8)
-    batched = Segmenter(model, batch_size=2)([a, b])
+    batched = Segmenter(model, runtime="torch", optimize="none", batch_size=2)([a, b])
     for img, lab in zip((a, b), batched):
         assert lab.shape == (361, 479)
         x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() - seg.mean) / seg.std
@@ -98,6 +101,8 @@ def test_video_input(weights, tmp_path):
             "--out",
             str(tmp_path / "o"),
             "--no-progress",
+            "--runtime",
+            "torch",
         ]
     )
     assert rc == 0
@@ -124,6 +129,8 @@ def test_folder_with_corrupt_image_reports_failure(shared_data, weights, tmp_pat
             "--out",
             str(tmp_path / "o"),
             "--no-progress",
+            "--runtime",
+            "torch",
         ]
     )
     captured = capsys.readouterr()

@@ -27,7 +27,23 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "recipe", help="the recipe the model was trained with; then --section.field value overrides"
     )
-    p.add_argument("--weights", required=True, help="checkpoint (training .pt, lightseg safetensors, ...)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint (training .pt, lightseg safetensors, ...) or exported .onnx / .xml file",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnxruntime", "openvino"],
+        default=None,
+        help="default: torch for checkpoints, an exported file's own runtime",
+    )
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"], default=None, help="default: fp32 / the file's"
+    )
+    p.add_argument(
+        "--meta", default=None, metavar="JSON", help="model facts for a file exported by another tool"
+    )
     p.add_argument("--split", default=None, help="dataset split (default: the recipe's data.val_split)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument(
@@ -39,5 +55,8 @@ def run_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from lightseg.config import load_config
     from lightseg.engine.evaluate import run_eval
 
-    run_eval(load_config(args.recipe, rest), args.weights, args.format, args.split, args.cityscapes_out)
+    run_eval(
+        load_config(args.recipe, rest), args.weights, args.format, args.split, args.cityscapes_out,
+        runtime=args.runtime, precision=args.precision, meta_file=args.meta,
+    )  # fmt: skip
     return 0
