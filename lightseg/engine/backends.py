@@ -44,6 +44,7 @@ from lightseg.engine.export import (
     ExportInfo,
     InferenceGraph,
     export_model,
+    model_facts,
 )
 from lightseg.errors import CheckpointError, InputError
 from lightseg.meta import META_KEY, ModelMeta, model_meta
@@ -319,7 +320,7 @@ class TorchRunner(Runner):
         check_runtime("torch", precision)
         if optimize not in OPTIMIZE:
             raise InputError(f"optimize must be one of {', '.join(OPTIMIZE)}; got {optimize!r}")
-        self.meta = _meta_of(model)
+        self.meta = model_facts(model)
         self.precision, self.optimize, self.output, self.device = precision, optimize, output, device
         hw = (int(size[0]), int(size[1])) if size is not None and optimize != "none" else None
         prepared = optimize_for_inference(model, optimize, size=hw)
@@ -364,9 +365,9 @@ class FileRunner(Runner):
                 f"{self.path}: an exported file runs with --runtime onnxruntime or openvino; "
                 "for torch, pass the checkpoint it was exported from"
             )
+        check_runtime(runtime, precision or "fp32")
         self.meta, self.info = exported_facts(self.path, meta)
         self.precision = _file_precision(self.path, runtime, self.info.precision, precision)
-        check_runtime(runtime, self.precision)
         self.runtime, self.output = runtime, self.info.output
         if runtime == "onnxruntime":
             self.session: Any = OrtSession(self.path, threads)
@@ -440,7 +441,7 @@ class ExportingRunner(Runner):
                 "a folder of real images of the domain the model will see"
             )
         self.model = model.eval()
-        self.meta = _meta_of(model)
+        self.meta = model_facts(model)
         self.runtime, self.precision, self.threads, self.optimize = runtime, precision, threads, optimize
         self.calibration, self.calibration_count = calibration, calibration_count
         self.cache_dir = cache_dir
@@ -493,7 +494,7 @@ def content_key(model: nn.Module, options: dict[str, Any]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"options": options, "versions": _versions(), "type": type(model).__name__},
                         sort_keys=True, default=str).encode())  # fmt: skip
-    h.update(_meta_of(model).to_json().encode())
+    h.update(model_facts(model).to_json().encode())
     for k, v in sorted(model.state_dict().items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -525,7 +526,7 @@ def cached_export(
     key = content_key(model, options)
     folder = Path(cache_dir) if cache_dir else export_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{_meta_of(model).name}_{size[0]}x{size[1]}_{optimize}_{output}_{precision}_{key[:16]}"
+    stem = f"{model_facts(model).name}_{size[0]}x{size[1]}_{optimize}_{output}_{precision}_{key[:16]}"
     path = folder / (stem + FORMAT_SUFFIX[fmt])
     if path.is_file() and (fmt != "openvino" or path.with_suffix(".bin").is_file()):
         return path
@@ -548,18 +549,6 @@ def cached_export(
 # --------------------------------------------------------------------------------------------------
 # From whatever the user has to a runner
 # --------------------------------------------------------------------------------------------------
-def _meta_of(model: nn.Module) -> ModelMeta:
-    """``model.meta``, with the classes/palette that :func:`lightseg.load_checkpoint` attaches as
-    attributes when the metadata does not hold them yet."""
-    meta = model_meta(model)
-    changes = {}
-    if meta.classes is None and getattr(model, "class_names", None):
-        changes["classes"] = model.class_names
-    if meta.palette is None and getattr(model, "palette", None):
-        changes["palette"] = model.palette
-    return meta.replace(**changes) if changes else meta
-
-
 def load_model(
     name: str | None, weights: str | os.PathLike | None, num_classes: int | None = None
 ) -> nn.Module:

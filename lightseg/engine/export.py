@@ -441,6 +441,18 @@ def check_precision(fmt: str, precision: str) -> None:
         )
 
 
+def model_facts(model: nn.Module) -> ModelMeta:
+    """``model.meta``, with the classes/palette that :func:`lightseg.load_checkpoint` attaches as
+    attributes when the metadata does not hold them yet."""
+    meta = model_meta(model)
+    changes = {}
+    if meta.classes is None and getattr(model, "class_names", None):
+        changes["classes"] = model.class_names
+    if meta.palette is None and getattr(model, "palette", None):
+        changes["palette"] = model.palette
+    return meta.replace(**changes) if changes else meta
+
+
 def _lightseg_version() -> str:
     from lightseg import __version__
 
@@ -460,6 +472,14 @@ def write_onnx_metadata(path: Path, meta: ModelMeta, info: ExportInfo) -> None:
     onnx.save(proto, str(path))
 
 
+def _check_calibration(path: Path, precision: str, calibration) -> None:
+    if precision == "int8" and calibration is None:
+        raise InputError(
+            f"{path}: INT8 needs calibration images: pass --calibration DIR (Python: calibration=...), "
+            "real images of the domain the model will see"
+        )
+
+
 def export_onnx_file(
     model: nn.Module,
     path: str | os.PathLike,
@@ -477,6 +497,7 @@ def export_onnx_file(
     model's metadata and the export record in the file."""
     check_precision("onnx", precision)
     path = Path(path)
+    _check_calibration(path, precision, calibration)
     src = path if precision == "fp32" else path.with_name(path.stem + ".fp32.onnx")
     export_onnx(
         model,
@@ -489,17 +510,15 @@ def export_onnx_file(
         opset=opset,
     )
     if precision == "int8":
-        if calibration is None:
-            raise InputError(f"{path}: INT8 needs calibration images: pass --calibration DIR")
         try:
             quantize_onnx_int8(src, path, calibration)
         finally:
             src.unlink(missing_ok=True)
     info = ExportInfo(
-        tuple(_check_size(model, size)), None if dynamic_batch else batch, output, precision, optimize,
+        _check_size(model, size), None if dynamic_batch else batch, output, precision, optimize,
         _lightseg_version(),
     )  # fmt: skip
-    write_onnx_metadata(path, model_meta(model), info)
+    write_onnx_metadata(path, model_facts(model), info)
     return path
 
 
@@ -515,36 +534,47 @@ def export_openvino(
     output: str = "logits",
     optimize: str = "fold-bn",
 ) -> Path:
-    """An OpenVINO IR (``.xml`` + ``.bin``) converted from the optimised ONNX export, with the
-    model's metadata and the export record in its ``rt_info``.
-
-    ``precision``: ``fp32``; ``bf16`` (fp32 weights, compiled with bf16 inference precision);
-    ``int8`` (NNCF post-training quantisation, calibrated on ``calibration``, which is read one
-    batch at a time). Needs the ``openvino`` extra.
-    """
-    ov = _openvino()
+    """An OpenVINO IR (``.xml`` + ``.bin``) converted from the ONNX export (see
+    :func:`onnx_to_openvino`). Needs the ``openvino`` extra."""
     check_precision("openvino", precision)
     path = Path(path)
-    if path.suffix != ".xml":
-        raise InputError(f"{path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
+    _check_calibration(path, precision, calibration)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lightseg-ov-", dir=path.parent) as tmp:
         onnx_path = export_onnx(
             model, Path(tmp) / "m.onnx", size, batch=batch, dynamic_batch=dynamic_batch, output=output,
             optimize=optimize,
         )  # fmt: skip
-        ov_model = ov.Core().read_model(str(onnx_path))
-        if precision == "int8":
-            if calibration is None:
-                raise InputError(f"{path}: INT8 needs calibration images: pass --calibration DIR")
-            ov_model = quantize_openvino_int8(ov_model, calibration)
         info = ExportInfo(
-            tuple(_check_size(model, size)), None if dynamic_batch else batch, output, precision, optimize,
+            _check_size(model, size), None if dynamic_batch else batch, output, precision, optimize,
             _lightseg_version(),
         )  # fmt: skip
-        ov_model.set_rt_info(model_meta(model).to_json(), [META_KEY])
-        ov_model.set_rt_info(info.to_json(), [EXPORT_KEY])
-        ov.save_model(ov_model, str(path), compress_to_fp16=False)
+        return onnx_to_openvino(onnx_path, path, model_facts(model), info, calibration)
+
+
+def onnx_to_openvino(
+    onnx_path: str | os.PathLike,
+    path: str | os.PathLike,
+    meta: ModelMeta,
+    info: ExportInfo,
+    calibration: Iterable[np.ndarray] | None = None,
+) -> Path:
+    """Convert an fp32 ONNX graph into an OpenVINO IR at ``info.precision`` with ``meta`` and
+    ``info`` in its ``rt_info``: ``fp32``; ``bf16`` (fp32 weights, compiled with bf16 inference
+    precision); ``int8`` (NNCF post-training quantisation on ``calibration``, read one batch at a
+    time)."""
+    ov = _openvino()
+    check_precision("openvino", info.precision)
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise InputError(f"{path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
+    ov_model = ov.Core().read_model(str(onnx_path))
+    _check_calibration(path, info.precision, calibration)
+    if info.precision == "int8":
+        ov_model = quantize_openvino_int8(ov_model, calibration)
+    ov_model.set_rt_info(meta.to_json(), [META_KEY])
+    ov_model.set_rt_info(info.to_json(), [EXPORT_KEY])
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
     return path
 
 

@@ -1,6 +1,6 @@
 """Images and videos in and out: finding inputs, reading images and frames, writing videos.
 
-One list of the file types lightseg reads (:data:`IMAGE_SUFFIXES`, :data:`VIDEO_SUFFIXES`); every
+The file types lightseg reads: :data:`IMAGE_SUFFIXES` (the datasets' list) and :data:`VIDEO_SUFFIXES`; every
 unreadable file fails with an :class:`~lightseg.errors.InputError` naming it.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lightseg.data.base import IMAGE_SUFFIXES  # the one list, shared with the datasets
 from lightseg.errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 ImageLike = np.ndarray | Image.Image | torch.Tensor
 

@@ -15,33 +15,29 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-# torch's intra-op thread count is one process-wide setting. Scopes that lower it count how many
-# are open: the first saves the caller's value, the last one out restores it, so concurrent callers
-# (a server running several Segmenter calls) never leave the process at a scope's value.
-_threads_lock = threading.Lock()
-_threads_depth = 0
-_threads_saved = 0
+# torch's intra-op thread count belongs to the calling thread in torch's CPU builds (an OpenMP
+# setting: a worker thread that lowers it leaves the main thread's count alone), so a scope saves
+# and restores the count of the thread that enters it; nested scopes restore once, at the outside.
+_scope = threading.local()
 
 
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads; the previous count is restored afterwards,
-    also on errors and when several threads enter and leave in any order. While any such scope is
-    open, torch ops of other threads run with ``n`` threads too (the setting is process-wide)."""
-    global _threads_depth, _threads_saved
-    with _threads_lock:
-        if _threads_depth == 0:
-            _threads_saved = torch.get_num_threads()
-            if _threads_saved != n:
-                torch.set_num_threads(n)
-        _threads_depth += 1
+    """Run the block with ``n`` torch intra-op threads in this thread; the count it had before is
+    restored afterwards, also on errors, in nested scopes and with other threads in scopes of their
+    own at the same time."""
+    depth = getattr(_scope, "depth", 0)
+    if depth == 0:
+        _scope.saved = torch.get_num_threads()
+        if _scope.saved != n:
+            torch.set_num_threads(n)
+    _scope.depth = depth + 1
     try:
         yield
     finally:
-        with _threads_lock:
-            _threads_depth -= 1
-            if _threads_depth == 0 and torch.get_num_threads() != _threads_saved:
-                torch.set_num_threads(_threads_saved)
+        _scope.depth -= 1
+        if _scope.depth == 0 and torch.get_num_threads() != _scope.saved:
+            torch.set_num_threads(_scope.saved)
 
 
 def _bilinear_taps(out_len: int, in_len: int, keep: int, device: torch.device):
