@@ -67,13 +67,11 @@ def run_bench(args: argparse.Namespace, rest: list[str]) -> int:
     from pathlib import Path
 
     from lightseg.engine.backends import (
-        RUNTIME_FORMAT,
-        cached_export,
         calibration_for,
         is_exported,
         load_model,
     )
-    from lightseg.engine.bench import OUTPUTS, bench, bench_isolated, environment, format_table
+    from lightseg.engine.bench import bench, bench_isolated, environment, export_path, format_table
     from lightseg.errors import ConfigError, InputError
     from lightseg.meta import model_meta
 
@@ -122,10 +120,9 @@ def run_bench(args: argparse.Namespace, rest: list[str]) -> int:
                 )
                 continue
             if not is_exported(model) and path["runtime"] != "torch":  # export here: the child only runs
-                cached_export(
-                    model, RUNTIME_FORMAT[path["runtime"]], args.size, precision=args.precision or "fp32",
-                    calibration=calib, optimize=path["optimize"], output=OUTPUTS[path["output"]],
-                    batch=args.batch, opset=None if path["optimize"] == "none" else 20, cache_dir=args.onnx_dir,
+                export_path(
+                    model, args.size, args.batch, **path, precision=args.precision or "fp32",
+                    calibration=calib, onnx_path=args.onnx_dir,
                 )  # fmt: skip
             specs[f"{name} {' '.join(path.values())}"] = {
                 "model": name if is_exported(model) or weights != name else model_meta(model).name,

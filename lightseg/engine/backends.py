@@ -554,23 +554,28 @@ def load_model(
 ) -> nn.Module:
     """A segmentor in eval mode.
 
-    - ``weights`` is a lightseg checkpoint and ``num_classes`` is not given: rebuilt from the file
-      (its metadata names the model; ``name``, if given, must agree);
+    - ``weights`` is a lightseg checkpoint: rebuilt from the file (its metadata names the model and
+      its classes; ``name`` and ``num_classes``, if given, must agree);
     - otherwise ``create_model(name, num_classes=num_classes or 150, weights=weights)``, loaded
       strictly: weights for another number of classes fail naming the file and the keys.
     """
     from lightseg.checkpoint import load_checkpoint
     from lightseg.models.registry import create_model
 
-    if weights is not None and num_classes is None:
+    if weights is not None:
         try:
             model = load_checkpoint(weights)
         except CheckpointError:
             model = None  # a foreign layout: needs the name (and class count) from the caller
         if model is not None:
-            saved = model_meta(model).name
-            if name and saved != name:
-                raise CheckpointError(f"{weights}: holds weights of {saved!r}, not {name!r}")
+            saved = model_meta(model)
+            if name and saved.name != name:
+                raise CheckpointError(f"{weights}: holds weights of {saved.name!r}, not {name!r}")
+            if num_classes is not None and num_classes != saved.num_classes:
+                raise CheckpointError(
+                    f"{weights}: holds weights for {saved.num_classes} classes, not {num_classes}: drop "
+                    "--num-classes (a lightseg checkpoint knows its classes) or use weights for that many"
+                )
             return model.eval()
     if not name:
         raise CheckpointError(

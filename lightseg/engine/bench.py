@@ -136,6 +136,30 @@ def peak_rss_mb() -> float:
 OUTPUTS = {"logits": "logits", "logits-full": "logits-full", "argmax": "logits", "argmax-graph": "argmax"}
 
 
+def export_path(
+    model: nn.Module,
+    size: Sequence[int],
+    batch: int = 1,
+    *,
+    runtime: str,
+    optimize: str = "fold-bn",
+    output: str = "logits",
+    precision: str = "fp32",
+    calibration: CalibrationImages | None = None,
+    opset: int | None = None,
+    onnx_path: str | os.PathLike | None = None,
+) -> Path:
+    """The file an ``onnxruntime``/``openvino`` path runs (see :func:`make_runner`), exported (and
+    quantised) once into ``onnx_path`` or the export cache. A parent that times paths in fresh
+    processes calls this first, so that the children find the file and only run."""
+    check_runtime(runtime, precision)
+    return cached_export(
+        model, RUNTIME_FORMAT[runtime], size, precision=precision, calibration=calibration,
+        optimize=optimize, output=OUTPUTS[output], batch=batch,
+        opset=opset or (None if optimize == "none" else 20), cache_dir=onnx_path,
+    )  # fmt: skip
+
+
 def make_runner(
     model: nn.Module | str | os.PathLike,
     size: Sequence[int],
@@ -169,11 +193,9 @@ def make_runner(
     elif runtime == "torch":
         runner = TorchRunner(model, optimize, precision, size=(h, w), output=OUTPUTS[output], device=device)
     else:
-        check_runtime(runtime, precision)
-        path = cached_export(
-            model, RUNTIME_FORMAT[runtime], (h, w), precision=precision, calibration=calibration,
-            optimize=optimize, output=OUTPUTS[output], batch=batch,
-            opset=opset or (None if optimize == "none" else 20), cache_dir=onnx_path,
+        path = export_path(
+            model, (h, w), batch, runtime=runtime, optimize=optimize, output=output, precision=precision,
+            calibration=calibration, opset=opset, onnx_path=onnx_path,
         )  # fmt: skip
         runner = FileRunner(path, runtime, precision, threads)
     if output == "argmax":

@@ -140,7 +140,8 @@ def _av(path: Path):
 
 class VideoReader:
     """Iterate over a video's frames (H x W x 3 uint8 RGB). ``rate``: frames per second;
-    ``expected``: the frame count the container states (``None`` when it states none).
+    ``expected``: the frame count the container states (``None`` when it states none); else
+    ``estimated`` from its duration.
 
     A file that cannot be opened, a decoding error, or fewer frames than the container states
     (a truncated file) raise :class:`InputError` naming the file and how many frames were decoded.
@@ -156,6 +157,9 @@ class VideoReader:
             raise InputError(f"{self.path}: cannot open video ({type(e).__name__}: {e})") from e
         self.rate = self._stream.average_rate or 25
         self.expected = int(self._stream.frames or 0) or None
+        # Containers without a frame count (Matroska, WebM) still state their duration.
+        duration = self._src.duration / 1e6 if self._src.duration else None
+        self.estimated = round(duration * float(self.rate)) if duration and not self.expected else None
         self.decoded = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -175,6 +179,12 @@ class VideoReader:
             raise InputError(
                 f"{self.path}: truncated or damaged video: decoded {self.decoded} of the "
                 f"{self.expected} frames its header states"
+            )
+        # The duration gives only an estimate (variable frame rates): allow a few frames off.
+        if self.estimated and self.decoded < self.estimated - max(2, self.estimated // 50):
+            raise InputError(
+                f"{self.path}: truncated or damaged video: decoded {self.decoded} frames, its stated "
+                f"duration holds about {self.estimated}"
             )
 
 
