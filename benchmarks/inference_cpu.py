@@ -52,7 +52,7 @@ from lightseg.engine.export import CalibrationImages
 from lightseg.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "camvid"
+DATA = Path(os.environ.get("LIGHTSEG_DATA", ROOT.parent / "shared" / "data")) / "camvid"
 
 # What each timed path is, in words (the first column of the committed table).
 FP32_ROWS = [

@@ -182,6 +182,17 @@ def test_eval_with_only_the_exported_file_gives_the_checkpoints_miou(
         assert miou(path) == pytest.approx(ref, abs=0.02)
 
 
+def test_bench_times_an_exported_file(exported, capsys):
+    argv = ["bench", str(exported["openvino"]), "--precision", "bf16", "--runs", "1", "--warmup", "0"]
+    assert main([*argv, "--no-isolate", "--format", "json", "--output", "logits", "argmax"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["runtime"], r["precision"], r["size"], r["output"]) for r in rows] == [
+        ("openvino", "bf16", "96x128", "logits"),
+        ("openvino", "bf16", "96x128", "argmax"),
+    ]
+    assert all(r["median_ms"] > 0 and r["optimize"] == "fold-bn" for r in rows)
+
+
 def test_implicit_exports_are_cached_by_content(monkeypatch):
     torch.manual_seed(1)
     model = TinySeg()

@@ -622,6 +622,11 @@ def export_model(
     return export_pt2(model, path, size, **kw)
 
 
+# bf16 / int8 label agreement with eager fp32 below which a check fails: OpenVINO bf16 agreed on 99.9%
+# of pixels, INT8 (NNCF, ORT) on 99.2-99.5% (CGRSeg-T with trained-like norms, CamVid images, 128x128).
+REDUCED_MIN_AGREE = 0.97
+
+
 @torch.no_grad()
 def check_export(
     model: nn.Module,
@@ -637,7 +642,8 @@ def check_export(
 
     Returns the max abs logit difference (logit outputs), the argmax agreement and ``ok`` under
     the tolerances (max abs diff <= ``atol``, argmax equal on >= ``min_agree`` of pixels). Reduced
-    precisions are not held to ``atol``: for them ``ok`` is the agreement alone.
+    precisions are held to the agreement alone, >= :data:`REDUCED_MIN_AGREE` (pass real images as
+    ``inputs``: on noise, INT8 ranges calibrated on images do not apply).
     """
     from lightseg.engine.backends import FileRunner
 
@@ -650,12 +656,13 @@ def check_export(
     report: dict = {"runtime": runner.runtime, "precision": runner.precision}
     if info.output == "argmax":
         agree = (got.long() == ref_labels).float().mean().item()
-        return report | {"argmax_agree": round(agree, 6), "ok": agree >= min_agree}
+        need = min_agree if runner.precision == "fp32" else REDUCED_MIN_AGREE
+        return report | {"argmax_agree": round(agree, 6), "ok": agree >= need}
     diff = (got - ref).abs().max().item()
     agree = (got.argmax(1) == ref_labels).float().mean().item()
     exact = runner.precision == "fp32"
     return report | {
         "max_abs_diff": f"{diff:.2e}",
         "argmax_agree": round(agree, 6),
-        "ok": (diff <= atol or not exact) and agree >= min_agree,
+        "ok": diff <= atol and agree >= min_agree if exact else agree >= REDUCED_MIN_AGREE,
     }
