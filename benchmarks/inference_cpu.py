@@ -301,7 +301,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def targets(speed: list[dict], full: list[dict], acc: dict | None) -> dict[str, Any]:
     by = {r["path"]: r["median_ms"] for r in speed if r["output"] == "logits"}
-    fp32 = {k: v for k, v in by.items() if k in dict(FP32_ROWS)}
+    fp32 = {r["path"]: r["median_ms"] for r in speed if r["output"] == "logits" and r["precision"] == "fp32"}
     best_fp32 = min(fp32, key=fp32.get)
     best = min(by, key=by.get)
     s: dict[str, Any] = {
