@@ -71,3 +71,43 @@ def overlay(
     keep = labels == IGNORE_INDEX
     out[keep] = rgb[keep]
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def draw_legend(
+    image: Image.Image,
+    labels: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    max_rows: int | None = None,
+) -> Image.Image:
+    """``image`` with a legend of the classes present in ``labels`` (most pixels first) drawn in
+    its top-left corner: a colour swatch and the class name per row, on a dark box. Rows that do
+    not fit the image's height are summarised as "+N more". Returns a new image of the same size.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    labels = np.asarray(labels)
+    ids, counts = np.unique(labels[labels != IGNORE_INDEX], return_counts=True)
+    present = [int(i) for i in ids[np.argsort(-counts, kind="stable")]]
+    if not present:
+        return image.copy()
+    out = image.convert("RGB").copy()
+    font_px = max(8, min(16, out.height // 24))
+    font = ImageFont.load_default(size=font_px)
+    row = font_px + 4
+    fit = min(max(1, (out.height - 8) // row), max_rows or len(present))
+    shown = present if len(present) <= fit else present[: fit - 1]
+    more = len(present) - len(shown)
+    texts = [class_names[i] if i < len(class_names) else str(i) for i in shown]
+    if more:
+        texts.append(f"+{more} more")
+    draw = ImageDraw.Draw(out, "RGBA")
+    width = max(draw.textlength(t, font=font) for t in texts) + row + 10
+    draw.rectangle([2, 2, 2 + width, 4 + row * len(texts)], fill=(0, 0, 0, 170))
+    for k, text in enumerate(texts):
+        y = 5 + k * row
+        if k < len(shown):
+            colour = tuple(int(v) for v in palette[shown[k]])
+            draw.rectangle([6, y, 6 + font_px, y + font_px], fill=colour, outline=(255, 255, 255))
+        draw.text((10 + font_px, y - 1), text, fill=(255, 255, 255), font=font)
+    return out

@@ -7,11 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lightseg import save_weights
+from lightseg import Segmenter, save_weights
 from lightseg.cli import main
 from lightseg.engine.inference import forward_whole
-from lightseg.engine.predict import InputError, Segmenter, collect_inputs
+from lightseg.engine.media import collect_inputs
+from lightseg.errors import InputError
 from lightseg.models import create_model
+from lightseg.visualize import overlay
 
 # CamVid palette, typed from shared/data/README.md (independent of lightseg.data).
 CAMVID_PALETTE = [
@@ -34,7 +36,7 @@ def weights(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seg(model):
-    return Segmenter(model, palette=CAMVID_PALETTE, optimize="fold-bn")
+    return Segmenter(model, runtime="torch", palette=CAMVID_PALETTE, optimize="fold-bn")
 
 
 def test_predict_camvid_writes_palette_pngs_and_overlays(shared_data, weights, seg, tmp_path):
@@ -49,6 +51,8 @@ def test_predict_camvid_writes_palette_pngs_and_overlays(shared_data, weights, s
             "--out",
             str(tmp_path),
             "--no-progress",
+            "--runtime",
+            "torch",
         ]
     )
     assert rc == 0
@@ -66,7 +70,7 @@ def test_odd_size_and_batching_match_eager(model, seg):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (361, 479, 3), dtype=np.uint8)
     b = rng.integers(0, 256, (361, 479, 3), dtype=np.uint8)
-    batched = Segmenter(model, batch_size=2)([a, b])
+    batched = Segmenter(model, runtime="torch", optimize="none", batch_size=2)([a, b])
     for img, lab in zip((a, b), batched):
         assert lab.shape == (361, 479)
         x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() - seg.mean) / seg.std
@@ -98,6 +102,8 @@ def test_video_input(weights, tmp_path):
             "--out",
             str(tmp_path / "o"),
             "--no-progress",
+            "--runtime",
+            "torch",
         ]
     )
     assert rc == 0
@@ -124,6 +130,8 @@ def test_folder_with_corrupt_image_reports_failure(shared_data, weights, tmp_pat
             "--out",
             str(tmp_path / "o"),
             "--no-progress",
+            "--runtime",
+            "torch",
         ]
     )
     captured = capsys.readouterr()
@@ -164,4 +172,73 @@ def test_weights_for_wrong_number_of_classes(weights, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert rc == 2
-    assert Path(weights).name in err and "mis-shaped" in err
+    assert Path(weights).name in err and "holds weights for 11 classes, not 19" in err
+
+
+def _write_video(path, frames=10):
+    import av
+
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(frames):
+            frame = np.random.default_rng(i).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+            for p in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mkv"])  # frame count in the header / only a duration
+def test_truncated_video_reports_the_frames_decoded(weights, tmp_path, capsys, suffix):
+    pytest.importorskip("av")
+    whole = tmp_path / f"whole{suffix}"
+    _write_video(whole)
+    cut = tmp_path / f"cut{suffix}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    argv = [
+        "predict",
+        str(weights),
+        str(cut),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+        "--runtime",
+        "torch",
+    ]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cut{suffix}" in err and "truncated or damaged video: decoded 3" in err
+    # What was decoded is kept.
+    import av
+
+    with av.open(str(tmp_path / "o" / "cut_overlay.mp4")) as f:
+        assert len(list(f.decode(video=0))) == 3
+
+
+def test_out_that_is_a_file_is_a_clear_error(weights, tmp_path, capsys):
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    out = tmp_path / "taken.txt"
+    out.write_text("x")
+    assert main(["predict", str(weights), str(img), "--out", str(out), "--runtime", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert "taken.txt" in err and "is a file" in err
+
+
+def test_overlay_has_a_legend_of_the_classes_present(weights, tmp_path):
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((120, 160, 3), 255, np.uint8)).save(img)
+    argv = ["predict", str(weights), str(img), "--out", str(tmp_path / "o"), "--runtime", "torch"]
+    assert main([*argv, "--overlay-format", "png", "--dataset", "camvid", "--no-progress"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "o" / "x.png"))
+    over = np.asarray(Image.open(tmp_path / "o" / "x_overlay.png"))
+    plain = np.asarray(overlay(Image.open(img), labels, CAMVID_PALETTE, 0.5))
+    assert over.shape == plain.shape
+    # The legend box sits in the top-left corner, darker than the overlay; the rest is untouched,
+    # and the most frequent class's swatch shows its palette colour.
+    assert over[:12, :12].mean() < plain[:12, :12].mean()
+    assert np.array_equal(over[-20:, -40:], plain[-20:, -40:])
+    top = np.bincount(labels.ravel()).argmax()
+    assert (over[5:18, 5:18] == CAMVID_PALETTE[top]).all(-1).sum() >= 9

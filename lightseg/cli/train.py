@@ -9,6 +9,7 @@ takes the model, and without a recipe the whole configuration, from the checkpoi
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from lightseg.errors import ConfigError
@@ -130,8 +131,24 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         "lightseg eval [RECIPE.yaml] --weights W [--split S] [--data.field VALUE ...]\n"
         "       without a recipe the model (and for a training checkpoint the data) come from W",
     )
-    p.add_argument("--weights", required=True, help="checkpoint (training .pt, lightseg safetensors, ...)")
-    p.add_argument("--split", default=None, help="dataset split (default: data.val_split)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint (training .pt, lightseg safetensors, ...) or exported .onnx / .xml file",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnxruntime", "openvino"],
+        default=None,
+        help="default: torch for checkpoints, an exported file's own runtime",
+    )
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"], default=None, help="default: fp32 / the file's"
+    )
+    p.add_argument(
+        "--meta", default=None, metavar="JSON", help="model facts for a file exported by another tool"
+    )
+    p.add_argument("--split", default=None, help="dataset split (default: the recipe's data.val_split)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument(
         "--cityscapes-out", default=None, help="also write test-server labelId PNGs to this folder"
@@ -141,22 +158,21 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def config_from_weights(weights: str, tokens: list[str]) -> Any:
     """The configuration a checkpoint implies: a training checkpoint's own, else its model and
     ``--data.*`` from the command line (your own folder by default)."""
-    from lightseg.checkpoint import TRAIN_FORMAT, read_safetensors, resolve_path
+    from lightseg.checkpoint import TRAIN_FORMAT, read_checkpoint, resolve_path
     from lightseg.config import Config, apply_overrides, config_from_dict, given_fields
+    from lightseg.engine.backends import is_exported
 
-    path = resolve_path(weights)
-    if path.suffix == ".safetensors":
-        _, meta = read_safetensors(path)
-        if not meta.get("model_name"):
-            raise ConfigError(
-                f"{path} names no model; give the recipe: lightseg eval RECIPE.yaml --weights {path}"
-            )
+    if is_exported(weights) or Path(weights).suffix == ".safetensors":
+        # Weights without a training configuration: the model from the file, the data from you.
         cfg = Config()
-        cfg.model.name = meta["model_name"]
+        if not is_exported(weights):
+            fields, _ = read_checkpoint(weights)
+            cfg.model.name, cfg.model.kwargs = fields["name"], dict(fields.get("options", {}))
         cfg.data.dataset = "folder"
         if "data.root" not in given_fields(tokens):
-            raise ConfigError(f"{path} records no dataset; add --data.root DIR (and --data.dataset NAME)")
+            raise ConfigError(f"{weights} records no dataset; add --data.root DIR (and --data.dataset NAME)")
         return apply_overrides(cfg, tokens)
+    path = resolve_path(weights)
     from lightseg.engine.runtime import load_train_checkpoint
 
     ckpt = load_train_checkpoint(path)
@@ -171,5 +187,8 @@ def run_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
     recipe, overrides = split_recipe(rest)
     cfg = load_config(recipe, overrides) if recipe else config_from_weights(args.weights, overrides)
-    run_eval(cfg, args.weights, args.format, args.split, args.cityscapes_out)
+    run_eval(
+        cfg, args.weights, args.format, args.split, args.cityscapes_out,
+        runtime=args.runtime, precision=args.precision, meta_file=args.meta,
+    )  # fmt: skip
     return 0

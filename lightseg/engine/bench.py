@@ -1,15 +1,18 @@
-"""Latency benchmarks (``lightseg bench``) and the ``lightseg export`` verb.
+"""Latency benchmarks (``lightseg bench``): time one inference path, in this or a fresh process.
 
-Every result says what the timed graph contains (``output``):
+Every result says what the timed graph contains (``output``, :data:`OUTPUTS`):
 - ``logits``: the model's logits at its output stride (8 for CGRSeg), nothing else;
 - ``logits-full``: plus bilinear upsampling to the input size (K x H x W);
-- ``argmax``: uint8/int64 labels at full resolution = argmax of ``logits-full``; with
-  ``runtime=onnxruntime`` the graph returns stride-s logits and labels come from
-  :func:`lightseg.engine.predict.upsample_argmax` (timed), in-graph argmax is ``argmax-graph``.
+- ``argmax``: labels at full resolution = argmax of ``logits-full``, computed from the stride-s
+  logits by :func:`lightseg.engine.postprocess.upsample_argmax` (timed);
+- ``argmax-graph``: the same labels computed inside the graph (upsample + argmax, uint8).
+Runners come from :mod:`lightseg.engine.backends`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -17,7 +20,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,10 +28,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightseg.engine.predict import RUNTIMES, upsample_argmax
-from lightseg.errors import ConfigError, InputError
-
-OUTPUTS = ("logits", "logits-full", "argmax", "argmax-graph")
+from lightseg.engine.backends import (
+    EXPORTED_SUFFIXES,
+    RUNTIME_FORMAT,
+    FileRunner,
+    TorchRunner,
+    cached_export,
+    check_runtime,
+    exported_facts,
+    is_exported,
+)
+from lightseg.engine.export import CalibrationImages
+from lightseg.engine.postprocess import upsample_argmax
+from lightseg.errors import ConfigError
+from lightseg.meta import model_meta
 
 
 def environment(threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -47,12 +59,9 @@ def environment(threads: int | None = None, device: str = "cpu") -> dict[str, An
             env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for pkg in ("onnxruntime", "openvino", "nncf"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            env[pkg] = importlib.metadata.version(pkg)
     if device == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
@@ -124,59 +133,36 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
-def onnx_graph(
+# What each output kind needs the graph to return (``argmax`` adds upsample_argmax outside it).
+OUTPUTS = {"logits": "logits", "logits-full": "logits-full", "argmax": "logits", "argmax-graph": "argmax"}
+
+
+def export_path(
     model: nn.Module,
     size: Sequence[int],
     batch: int = 1,
     *,
+    runtime: str,
     optimize: str = "fold-bn",
     output: str = "logits",
     precision: str = "fp32",
-    onnx_path: str | os.PathLike | None = None,
-    calibration: Sequence[Any] | None = None,
+    calibration: CalibrationImages | None = None,
     opset: int | None = None,
+    onnx_path: str | os.PathLike | None = None,
 ) -> Path:
-    """The ONNX file that :func:`make_runner` runs for an ``onnxruntime`` path, exported (and
-    quantised) unless it is already in ``onnx_path``; see there for the arguments. A parent that
-    times paths in fresh processes calls this once per path, so that the children only run."""
-    from lightseg.engine.export import export_onnx, quantize_onnx_int8
-
-    if output not in OUTPUTS:
-        raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
-    if precision not in ("fp32", "int8"):
-        raise ConfigError(f"onnxruntime precision must be fp32 or int8, got {precision!r}")
-    h, w = int(size[0]), int(size[1])
-    graph_out = {"argmax": "logits", "argmax-graph": "argmax"}.get(output, output)
-    name = getattr(model, "model_name", type(model).__name__)
-    suffix = f"_opset{opset}" if opset else ""
-    path = (
-        Path(onnx_path or tempfile.mkdtemp(prefix="lightseg-bench-"))
-        / f"{name}_{h}x{w}_b{batch}_{optimize}_{graph_out}{suffix}.onnx"
-    )
-    naive = optimize == "none"
-    if not path.is_file():
-        export_onnx(
-            model,
-            path,
-            (h, w),
-            batch=batch,
-            output=graph_out,
-            optimize="none" if naive else "fold-bn",
-            # naive: torch.onnx.export's defaults (opset 20 with torch 2.13)
-            opset=opset or (None if naive else 20),
-        )
-    if precision == "fp32":
-        return path
-    int8_path = path.with_name(path.stem + "_int8.onnx")
-    if not int8_path.is_file():
-        if not calibration:
-            raise ConfigError("precision int8 needs calibration images")
-        quantize_onnx_int8(path, int8_path, calibration)
-    return int8_path
+    """The file an ``onnxruntime``/``openvino`` path runs (see :func:`make_runner`), exported (and
+    quantised) once into ``onnx_path`` or the export cache. A parent that times paths in fresh
+    processes calls this first, so that the children find the file and only run."""
+    check_runtime(runtime, precision)
+    return cached_export(
+        model, RUNTIME_FORMAT[runtime], size, precision=precision, calibration=calibration,
+        optimize=optimize, output=OUTPUTS[output], batch=batch,
+        opset=opset or (None if optimize == "none" else 20), cache_dir=onnx_path,
+    )  # fmt: skip
 
 
 def make_runner(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     size: Sequence[int],
     batch: int = 1,
     *,
@@ -187,64 +173,39 @@ def make_runner(
     device: str = "cpu",
     precision: str = "fp32",
     onnx_path: str | os.PathLike | None = None,
-    calibration: Sequence[Any] | None = None,
+    calibration: CalibrationImages | None = None,
     opset: int | None = None,
 ) -> Callable[[torch.Tensor], Any]:
     """A function ``run(x)`` computing ``output`` for a batch ``x`` with the chosen path.
 
-    ``precision``: ``fp32``; ``bf16`` (torch CPU autocast); ``int8`` (ORT static INT8 calibrated on
-    ``calibration``: N x 3 x H x W normalised real images). ``optimize`` for ORT: ``none`` exports
-    the model as it is with ``torch.onnx.export``'s defaults (the naive baseline); anything else
-    folds BN, fixes attention biases and exports at opset 20 (one ``Gelu`` op per GELU).
-    ``opset`` overrides the ONNX opset of either export (benchmarks compare older spellings).
-    ``onnx_path``: a directory for the exported files (default: a new temporary one); a file that
-    is already there for this model, size and path is reused, so a benchmark can export once and
-    time the graph in several processes.
+    ``model``: a model, or an exported ``.onnx``/``.xml`` file (then ``runtime`` must be one that
+    runs it; ``size``, ``optimize`` and ``precision`` are the file's). For a model on
+    ``onnxruntime``/``openvino`` the graph is exported (and for int8 quantised on
+    ``calibration``) once into ``onnx_path`` (default: the export cache), keyed by content, so a
+    benchmark can export in one process and time in others. ``optimize``: ``none`` exports the
+    model as it is with ``torch.onnx.export``'s defaults (the naive baseline); otherwise BN folded,
+    attention biases fixed, opset 20. ``opset`` overrides the ONNX opset of either export.
     """
-    from lightseg.engine.export import InferenceGraph, OrtRunner
-    from lightseg.fuse import optimize_for_inference
-
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     if output not in OUTPUTS:
         raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
     h, w = int(size[0]), int(size[1])
-    if runtime == "onnxruntime":
-        path = onnx_graph(
-            model,
-            (h, w),
-            batch,
-            optimize=optimize,
-            output=output,
-            precision=precision,
-            onnx_path=onnx_path,
-            calibration=calibration,
-            opset=opset,
-        )
-        ort = OrtRunner(path, threads=threads)
-        if output == "argmax":
-            return lambda x: upsample_argmax(torch.from_numpy(ort(x)), (h, w))
-        return ort
-    prepared = optimize_for_inference(model, optimize, size=(h, w) if optimize != "none" else None)
-    graph = InferenceGraph(prepared, "logits" if output == "argmax" else output.replace("-graph", ""))
-    graph = graph.to(device).eval()
-    use_bf16 = precision == "bf16"
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"torch precision must be fp32 or bf16, got {precision!r}")
-
-    @torch.no_grad()
-    def run(x: torch.Tensor) -> Any:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
-            y = graph(x)
-        if output == "argmax":
-            return upsample_argmax(y.float(), (h, w))
-        return y
-
-    return run
+    if is_exported(model):
+        runner: Any = FileRunner(model, runtime, precision, threads=threads)
+    elif runtime == "torch":
+        runner = TorchRunner(model, optimize, precision, size=(h, w), output=OUTPUTS[output], device=device)
+    else:
+        path = export_path(
+            model, (h, w), batch, runtime=runtime, optimize=optimize, output=output, precision=precision,
+            calibration=calibration, opset=opset, onnx_path=onnx_path,
+        )  # fmt: skip
+        runner = FileRunner(path, runtime, precision, threads)
+    if output == "argmax":
+        return lambda x: upsample_argmax(runner(x), (h, w))
+    return runner
 
 
 def bench(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     size: Sequence[int] = (512, 512),
     batch: int = 1,
     *,
@@ -253,27 +214,31 @@ def bench(
     output: str = "logits",
     threads: int | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | None = None,
     warmup: int = 3,
     runs: int = 20,
     inputs: torch.Tensor | None = None,
     **runner_kwargs: Any,
 ) -> dict[str, Any]:
-    """Time one path; returns a result dict (latencies, images/s, peak memory, what was timed)."""
+    """Time one path; returns a result dict (latencies, images/s, peak memory, what was timed).
+
+    ``model`` may be an exported file: then its own size, optimisation and precision are timed
+    (``precision`` may switch an OpenVINO file between fp32 and bf16)."""
     if threads:
         torch.set_num_threads(threads)
+    if is_exported(model):
+        _meta, info = exported_facts(model)
+        name, size, optimize = str(model), info.input_size, info.optimize
+        runtime = runtime if runtime != "torch" else EXPORTED_SUFFIXES[Path(model).suffix]
+        precision = precision or info.precision
+        if info.batch:
+            batch = info.batch
+    else:
+        name, precision = model_meta(model).name, precision or "fp32"
     run = make_runner(
-        model,
-        size,
-        batch,
-        runtime=runtime,
-        optimize=optimize,
-        output=output,
-        threads=threads,
-        device=device,
-        precision=precision,
-        **runner_kwargs,
-    )
+        model, size, batch, runtime=runtime, optimize=optimize, output=output, threads=threads,
+        device=device, precision=precision, **runner_kwargs,
+    )  # fmt: skip
     x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
     x = x.to(device)
     sync = torch.cuda.synchronize if device == "cuda" else None
@@ -282,7 +247,7 @@ def bench(
     times = time_fn(lambda: run(x), warmup, runs, sync)
     mem = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else peak_rss_mb()
     return {
-        "model": getattr(model, "model_name", type(model).__name__),
+        "model": name,
         "size": f"{int(size[0])}x{int(size[1])}",
         "batch": batch,
         "runtime": runtime,
@@ -303,10 +268,11 @@ def bench_in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
     """:func:`bench` for one path, run by a new Python process: no thread pool (OpenMP, ONNX
     Runtime) or memory of this process affects it, and its peak memory is its own.
 
-    ``spec``: ``model`` (registered name), ``num_classes``, optional ``weights``, ``size``,
-    ``batch``, ``threads``, ``device``, ``warmup``, ``runs`` and ``runner``: the path as
-    :func:`make_runner` keywords (``runtime``, ``optimize``, ``output``, ``precision``, ``opset``,
-    ``onnx_path``). An INT8 graph must already be in ``onnx_path`` (the child does not calibrate).
+    ``spec``: ``model`` (registered name or exported file), ``num_classes``, optional ``weights``,
+    ``size``, ``batch``, ``threads``, ``device``, ``warmup``, ``runs``, optional ``calibration``
+    (``{"inputs": [...], "count": n}``) and ``runner``: the path as :func:`make_runner` keywords
+    (``runtime``, ``optimize``, ``output``, ``precision``, ``opset``, ``onnx_path``). The parent
+    exports (and calibrates) first, so the child finds its graph in ``onnx_path``.
     """
     cmd = [sys.executable, "-m", "lightseg.engine.bench", json.dumps(spec)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -344,10 +310,19 @@ def bench_isolated(
 
 def _bench_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The child side of :func:`bench_in_fresh_process`."""
-    from lightseg.models.registry import create_model
+    from lightseg.engine.backends import load_model
 
-    torch.manual_seed(0)  # random-init weights are the same in every process
-    model = create_model(spec["model"], num_classes=spec["num_classes"], weights=spec.get("weights")).eval()
+    runner = dict(spec["runner"])
+    model: Any = spec["model"]
+    if not is_exported(model):
+        torch.manual_seed(0)  # random-init weights are the same in every process
+        model = load_model(model, spec.get("weights"), spec.get("num_classes"))
+        calib = spec.get("calibration")
+        if calib:  # identifies the parent's INT8 file in the cache; the images are not read again
+            meta = model_meta(model)
+            runner["calibration"] = CalibrationImages(
+                calib["inputs"], spec["size"], meta.mean, meta.std, calib["count"]
+            )
     return bench(
         model,
         spec["size"],
@@ -356,7 +331,7 @@ def _bench_spec(spec: dict[str, Any]) -> dict[str, Any]:
         device=spec.get("device", "cpu"),
         warmup=spec["warmup"],
         runs=spec["runs"],
-        **spec["runner"],
+        **runner,
     )
 
 
@@ -379,227 +354,6 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in results]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI verbs
-# --------------------------------------------------------------------------------------------------
-def add_bench_args(p) -> None:
-    p.add_argument("models", nargs="+", help="registered model names")
-    p.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=150)
-    p.add_argument("--weights", default=None, help="weights to load (default: random init; speed only)")
-    p.add_argument("--runtime", choices=RUNTIMES, nargs="+", default=["torch"])
-    p.add_argument("--optimize", choices=["none", "fold-bn", "compile"], nargs="+", default=["fold-bn"])
-    p.add_argument(
-        "--output", choices=OUTPUTS, nargs="+", default=["logits"], help="what the timed graph returns"
-    )
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
-    p.add_argument(
-        "--calibration",
-        nargs="+",
-        default=None,
-        metavar="IMAGES",
-        help="images (files, folders, globs) to calibrate --precision int8 on; use real images of the domain",
-    )
-    p.add_argument("--calibration-count", type=int, default=16, help="at most this many calibration images")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument(
-        "--no-isolate",
-        dest="isolate",
-        action="store_false",
-        help="time every path in this process, one after another (default: each path in its own "
-        "fresh process, so no thread pool or memory of one path affects another)",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="processes per path, each doing its share of --runs, in alternating order (isolated mode)",
-    )
-    p.add_argument(
-        "--onnx-dir",
-        default=None,
-        metavar="DIR",
-        help="where exported ONNX files are written and reused (default: a temporary directory)",
-    )
-
-
-def image_batches(inputs: Sequence[str], size: Sequence[int], count: int = 16) -> list[Any]:
-    """Up to ``count`` images from ``inputs`` (files, folders, globs; spread evenly over what is
-    found), resized to ``size`` (bilinear) and normalised: 1 x 3 x H x W float32 arrays."""
-    import numpy as np
-
-    from lightseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from lightseg.engine.predict import collect_inputs, read_image
-
-    items = [it for it in collect_inputs(inputs)[0] if it.kind == "image"]
-    if not items:
-        raise InputError(f"no calibration images among {' '.join(map(str, inputs))}")
-    items = items[:: max(1, len(items) // count)][:count]
-    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-    h, w = int(size[0]), int(size[1])
-    out = []
-    for it in items:
-        img = read_image(it.path).resize((w, h), resample=2)  # 2 = PIL bilinear
-        out.append(((np.asarray(img, np.float32) - mean) / std).transpose(2, 0, 1)[None].copy())
-    return out
-
-
-def run_bench(args, rest: list[str]) -> int:
-    from lightseg.models.registry import create_model
-
-    if args.runs < 1 or args.rounds < 1:
-        raise ConfigError("--runs and --rounds must be at least 1")
-    calibration = None
-    if args.precision == "int8":
-        if not args.calibration:
-            raise ConfigError("--precision int8 needs --calibration IMAGES (real images to calibrate on)")
-        calibration = image_batches(args.calibration, args.size, args.calibration_count)
-    paths = [
-        {"runtime": r, "optimize": o, "output": x}
-        for r in args.runtime
-        for o in args.optimize
-        for x in args.output
-    ]
-    onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="lightseg-bench-")
-    common = {
-        "threads": args.threads,
-        "device": args.device,
-        "precision": args.precision,
-        "onnx_path": onnx_dir,
-    }
-    if calibration:
-        common["calibration"] = calibration
-    results, specs = [], {}
-    for name in args.models:
-        model = create_model(name, num_classes=args.num_classes, weights=args.weights).eval()
-        for path in paths:
-            if not args.isolate:
-                results.append(
-                    bench(model, args.size, args.batch, warmup=args.warmup, runs=args.runs, **common, **path)
-                )
-                continue
-            if path["runtime"] == "onnxruntime":  # export (and quantise) here: the child only runs
-                onnx_graph(
-                    model,
-                    args.size,
-                    args.batch,
-                    optimize=path["optimize"],
-                    output=path["output"],
-                    precision=args.precision,
-                    onnx_path=onnx_dir,
-                    calibration=calibration,
-                )
-            specs[f"{name} {' '.join(path.values())}"] = {
-                "model": name,
-                "num_classes": args.num_classes,
-                "weights": args.weights,
-                "size": list(args.size),
-                "batch": args.batch,
-                "threads": args.threads,
-                "device": args.device,
-                "warmup": args.warmup,
-                "runs": args.runs,
-                "runner": {**path, "precision": args.precision, "onnx_path": onnx_dir},
-            }
-    if specs:
-        results = list(bench_isolated(specs, args.rounds).values())
-    env = environment(args.threads, args.device)
-    env["paths_timed"] = "each in its own process" if args.isolate else "in one process, one after another"
-    if args.format == "json":
-        print(json.dumps({"environment": env, "results": results}, indent=2))
-    else:
-        print(" · ".join(f"{k}: {v}" for k, v in env.items()))
-        print(format_table(results))
-    return 0
-
-
-def add_export_args(p) -> None:
-    p.add_argument("model", help="registered model name")
-    p.add_argument("--weights", required=True, help="checkpoint file")
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="classes of the weights (default: from the file, else 150)",
-    )
-    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx")
-    p.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="static input size")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dynamic-batch", action="store_true")
-    p.add_argument(
-        "--output-argmax", action="store_true", help="graph returns uint8 labels at full resolution"
-    )
-    p.add_argument(
-        "--output-full", action="store_true", help="graph returns logits upsampled to the input size"
-    )
-    p.add_argument("--no-fold", action="store_true", help="keep BatchNorm and dynamic attention biases")
-    p.add_argument("-o", "--output", required=True, help="file to write")
-    p.add_argument(
-        "--check", action="store_true", help="run the ONNX file in ONNX Runtime and compare with eager"
-    )
-
-
-def run_export(args, rest: list[str]) -> int:
-    from lightseg.engine.export import export_onnx, export_pt2
-    from lightseg.engine.predict import load_model
-
-    if args.output_argmax and args.output_full:
-        raise ConfigError("choose one of --output-argmax and --output-full")
-    model = load_model(args.model, args.weights, args.num_classes)
-    output = "argmax" if args.output_argmax else "logits-full" if args.output_full else "logits"
-    optimize = "none" if args.no_fold else "fold-bn"
-    kw = dict(batch=args.batch, dynamic_batch=args.dynamic_batch, output=output, optimize=optimize)
-    fn = export_onnx if args.format == "onnx" else export_pt2
-    path = fn(model, args.output, args.size, **kw)
-    print(
-        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, input {args.batch}x3x{args.size[0]}x{args.size[1]}, output {output})"
-    )
-    if args.check and args.format == "onnx":
-        report = check_onnx(model, path, args.size, batch=args.batch, output=output)
-        print(" · ".join(f"{k}: {v}" for k, v in report.items()))
-        return 0 if report["ok"] else 1
-    return 0
-
-
-@torch.no_grad()
-def check_onnx(
-    model: nn.Module,
-    path: str | os.PathLike,
-    size: Sequence[int],
-    batch: int = 1,
-    output: str = "logits",
-    inputs: torch.Tensor | None = None,
-    atol: float = 1e-4,
-    min_agree: float = 0.999,
-) -> dict[str, Any]:
-    """Compare an exported file with the eager model (unfolded, dynamic biases) on ``inputs``.
-
-    Returns max abs logit difference (for logit outputs), argmax agreement and ``ok`` under the
-    tolerances (max abs diff <= ``atol``; argmax equal on >= ``min_agree`` of pixels).
-    """
-    from lightseg.engine.export import InferenceGraph, OrtRunner
-
-    x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
-    got = torch.from_numpy(OrtRunner(path)(x))
-    ref = InferenceGraph(model.eval(), "logits" if output == "argmax" else output)(x)
-    ref_labels = (ref if output != "argmax" else InferenceGraph(model, "logits-full")(x)).argmax(1)
-    if output == "argmax":
-        agree = (got.long() == ref_labels).float().mean().item()
-        return {"argmax_agree": round(agree, 6), "ok": agree >= min_agree}
-    diff = (got - ref).abs().max().item()
-    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
-    return {
-        "max_abs_diff": f"{diff:.2e}",
-        "argmax_agree": round(agree, 6),
-        "ok": diff <= atol and agree >= min_agree,
-    }
 
 
 if __name__ == "__main__":  # the child of bench_in_fresh_process

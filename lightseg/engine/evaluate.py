@@ -3,7 +3,7 @@
 Each image is resized as the recipe's test pipeline says (the mask stays at its original size),
 run through :func:`lightseg.engine.inference.predict_probs` (whole or slide, optional multi-scale
 + flip), and the argmax at the original size is accumulated into one confusion matrix over the
-split (SPEC Part 3). Under DDP every process takes every ``world``-th image and the matrices are
+split. Under DDP every process takes every ``world``-th image and the matrices are
 summed, so the figures equal a single-process run.
 """
 
@@ -72,8 +72,10 @@ def evaluate(
     from tqdm import tqdm
 
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    is_module = isinstance(model, nn.Module)  # else a runner of an exported file (no train mode)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
     num_classes = int(getattr(dataset, "num_classes", 0) or model.num_classes)
     metrics = SegMetrics(
         num_classes,
@@ -98,7 +100,8 @@ def evaluate(
         if on_prediction is not None:
             on_prediction(pred, sample.get("meta", {}))
     metrics.all_reduce()
-    model.train(was_training)
+    if is_module:
+        model.train(was_training)
     result = metrics.compute()
     if with_confusion:
         result["confusion"] = metrics.matrix.clone()
@@ -139,20 +142,56 @@ def json_ready(result: dict) -> dict:
 
 
 def run_eval(
-    cfg: Config, weights: str, fmt: str = "table", split: str | None = None, cityscapes_out: str | None = None
+    cfg: Config,
+    weights: str,
+    fmt: str = "table",
+    split: str | None = None,
+    cityscapes_out: str | None = None,
+    *,
+    runtime: str | None = None,
+    precision: str | None = None,
+    meta_file: str | None = None,
 ) -> dict:
-    """The ``lightseg eval`` verb: build the split and the model, load ``weights``, evaluate, print."""
+    """The ``lightseg eval`` verb: build the split and the model, load ``weights``, evaluate, print.
+
+    ``weights``: a checkpoint (run by torch unless ``runtime`` says otherwise) or an exported
+    ``.onnx`` / ``.xml`` file (run by its runtime; its class count must match the dataset's).
+    """
+    from lightseg.engine.backends import build_runner, is_exported, read_meta_file
     from lightseg.engine.runtime import init_distributed
+    from lightseg.errors import ConfigError
     from lightseg.models.registry import create_model
 
     info, device = init_distributed(cfg.run.device)
     dataset = build_eval_dataset(cfg, split or cfg.data.val_split)
-    m = cfg.model
-    model = create_model(m.name, num_classes=dataset.num_classes, weights=weights, **m.kwargs).to(device)
+    amp_dtype = None
+    if is_exported(weights) or runtime not in (None, "torch"):
+        meta = read_meta_file(meta_file) if meta_file else None
+        if is_exported(weights):
+            model = build_runner(weights, runtime=runtime, precision=precision, meta=meta)
+        else:
+            m = cfg.model
+            net = create_model(m.name, num_classes=dataset.num_classes, weights=weights, **m.kwargs)
+            model = build_runner(net, runtime=runtime, precision=precision, meta=meta)
+        if model.num_classes != dataset.num_classes:
+            raise ConfigError(
+                f"{weights}: the model has {model.num_classes} classes, the {cfg.data.dataset} split "
+                f"{dataset.num_classes}: evaluate it on the dataset it was trained for"
+            )
+    else:
+        m = cfg.model
+        model = create_model(m.name, num_classes=dataset.num_classes, weights=weights, **m.kwargs).to(device)
+        if precision == "bf16":
+            amp_dtype = torch.bfloat16
+        elif precision not in (None, "fp32"):
+            raise ConfigError(
+                f"--precision {precision} runs with --runtime onnxruntime or openvino, not torch"
+            )
     hook = cityscapes_writer(cityscapes_out) if cityscapes_out else None
     result = evaluate(
-        model, dataset, cfg.eval, device, progress=info.is_main and fmt != "json", on_prediction=hook
-    )
+        model, dataset, cfg.eval, device, amp_dtype=amp_dtype, progress=info.is_main and fmt != "json",
+        on_prediction=hook,
+    )  # fmt: skip
     if info.is_main:
         print(json.dumps(json_ready(result), indent=1) if fmt == "json" else format_table(result))
     return result
