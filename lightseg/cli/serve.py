@@ -11,16 +11,26 @@ PRECISION_NAMES = ("fp32", "bf16", "int8")
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL_OR_FILE", help="a lightseg checkpoint, or a registered model name with --weights")
-    p.add_argument("--weights", default=None, help="weights for a registered model name (any layout predict reads)")
+    p.add_argument(
+        "model",
+        metavar="MODEL_OR_FILE",
+        help="a lightseg checkpoint, or a registered model name with --weights",
+    )
+    p.add_argument(
+        "--weights", default=None, help="weights for a registered model name (any layout predict reads)"
+    )
     p.add_argument("--runtime", choices=RUNTIME_NAMES, default="torch")
     p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default 20)")
-    p.add_argument("--max-pixels", type=int, default=8 * 1024 * 1024, help="largest width x height (default 8 Mi)")
-    p.add_argument("--max-batch", type=int, default=4, help="same-size requests run together (1: no batching)")
+    p.add_argument(
+        "--max-pixels", type=int, default=8 * 1024 * 1024, help="largest width x height (default 8 Mi)"
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=4, help="same-size requests run together (1: no batching)"
+    )
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
 

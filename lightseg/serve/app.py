@@ -51,7 +51,11 @@ def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 
     async def healthz(request: Request) -> Response:
         ok = batcher.alive
         return JSONResponse(
-            {"status": "ok" if ok else "inference worker stopped", "waiting": batcher.waiting, "served": batcher.served},
+            {
+                "status": "ok" if ok else "inference worker stopped",
+                "waiting": batcher.waiting,
+                "served": batcher.served,
+            },
             status_code=200 if ok else 503,
         )
 
@@ -104,7 +108,11 @@ def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 
             Route("/v1/model", model, methods=["GET"]),
             Route("/v1/segment", segment, methods=["POST"]),
         ],
-        exception_handlers={RequestError: _request_error, HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={
+            RequestError: _request_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
         lifespan=lifespan,
     )
     app.state.batcher = batcher
@@ -119,7 +127,9 @@ def _options(request: Request) -> tuple[str, bool, float]:
     q = request.query_params
     unknown = sorted(set(q) - {"format", "overlay", "alpha"})
     if unknown:
-        raise RequestError(400, "bad_option", f"unknown query parameter(s) {unknown}; known: format, overlay, alpha")
+        raise RequestError(
+            400, "bad_option", f"unknown query parameter(s) {unknown}; known: format, overlay, alpha"
+        )
     fmt = q.get("format", "png")
     if fmt not in ("png", "json"):
         raise RequestError(400, "bad_option", f"format={fmt!r}: use format=png (label map) or format=json")
@@ -127,13 +137,17 @@ def _options(request: Request) -> tuple[str, bool, float]:
     if flag not in _BOOL:
         raise RequestError(400, "bad_option", f"overlay={flag!r}: use overlay=true or overlay=false")
     if _BOOL[flag] and fmt != "json":
-        raise RequestError(400, "bad_option", "overlay=true needs format=json (the overlay travels inside the JSON)")
+        raise RequestError(
+            400, "bad_option", "overlay=true needs format=json (the overlay travels inside the JSON)"
+        )
     try:
         alpha = float(q.get("alpha", "0.5"))
     except ValueError:
         alpha = -1.0
     if not 0.0 <= alpha <= 1.0:
-        raise RequestError(400, "bad_option", f"alpha={q.get('alpha')!r}: the overlay opacity is a number in 0..1")
+        raise RequestError(
+            400, "bad_option", f"alpha={q.get('alpha')!r}: the overlay opacity is a number in 0..1"
+        )
     return fmt, _BOOL[flag], alpha
 
 
@@ -222,7 +236,9 @@ def _timing(start: float, decoded: float, segmented: float, result: Result) -> d
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "error": code, "message": message}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"status": status, "error": code, "message": message}, status_code=status, headers=headers
+    )
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:

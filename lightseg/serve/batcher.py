@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ class Result:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes jobs by identity, never by comparing images
 class _Job:
     image: np.ndarray
     future: asyncio.Future
@@ -49,6 +50,7 @@ class Batcher:
         self._queue: collections.deque[_Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
+        self._stopped = False  # the worker has ended: no job is accepted any more
         self._thread = threading.Thread(target=self._work, name="lightseg-inference", daemon=True)
 
     def start(self) -> None:
@@ -62,7 +64,7 @@ class Batcher:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not self._stopped
 
     @property
     def waiting(self) -> int:
@@ -72,6 +74,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = _Job(image, loop.create_future(), loop)
         with self._cv:
+            if self._stopped:
+                raise RuntimeError("the inference worker has stopped")
             if len(self._queue) >= self.max_queue:
                 raise RequestError(
                     503, "busy", f"{self.max_queue} requests are already waiting; retry shortly (--max-queue)"
@@ -99,6 +103,16 @@ class Batcher:
             return batch
 
     def _work(self) -> None:
+        try:
+            self._serve_batches()
+        finally:  # closed, or a bug: nobody may wait forever
+            with self._cv:
+                self._stopped = True
+                left, self._queue = list(self._queue), collections.deque()
+            for job in left:
+                _post(job, None, RuntimeError("the inference worker has stopped"))
+
+    def _serve_batches(self) -> None:
         while (batch := self._next_batch()) is not None:
             start = time.perf_counter()
             try:
@@ -115,10 +129,9 @@ class Batcher:
 
 
 def _post(job: _Job, result: Result | None, error: Exception | None) -> None:
-    try:
+    # RuntimeError: the event loop has closed (the server shut down), nobody is waiting.
+    with contextlib.suppress(RuntimeError):
         job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-    except RuntimeError:  # the event loop has closed (server shut down): nobody is waiting
-        pass
 
 
 def _settle(future: asyncio.Future, result: Result | None, error: Exception | None) -> None:

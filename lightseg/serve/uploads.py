@@ -94,5 +94,7 @@ def _too_many_pixels(what: str, limits: Limits) -> RequestError:
 
 def _corrupt(fmt: str, e: Exception) -> RequestError:
     return RequestError(
-        422, "corrupt_image", f"the upload starts like a {fmt} file but cannot be decoded ({type(e).__name__}: {e})"
+        422,
+        "corrupt_image",
+        f"the upload starts like a {fmt} file but cannot be decoded ({type(e).__name__}: {e})",
     )
