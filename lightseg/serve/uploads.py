@@ -73,7 +73,9 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError as e:
-        raise _too_many_pixels(str(e), limits) from e
+        raise _too_many_pixels(
+            f"the image header claims a size Pillow refuses ({str(e).rstrip('.')})", limits
+        ) from e
     except Exception as e:  # Pillow raises many types for a broken header
         raise _corrupt(fmt, e) from e
     w, h = im.size
