@@ -73,7 +73,15 @@ def save_model(folder: Path, name: str) -> Path:
 
 def start_server(checkpoint: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "lightseg.cli", "serve", str(checkpoint), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--runtime", args.runtime, "--max-batch", str(args.max_batch), "--no-access-log"]
+    cmd += [
+        "--port",
+        str(port),
+        "--runtime",
+        args.runtime,
+        "--max-batch",
+        str(args.max_batch),
+        "--no-access-log",
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -154,7 +162,9 @@ async def load(client, images: list[bytes], requests: int, concurrency: int) -> 
 async def run(args: argparse.Namespace, images: list[bytes], proc: subprocess.Popen, port: int) -> list[dict]:
     import httpx
 
-    limits = httpx.Limits(max_connections=max(args.concurrency), max_keepalive_connections=max(args.concurrency))
+    limits = httpx.Limits(
+        max_connections=max(args.concurrency), max_keepalive_connections=max(args.concurrency)
+    )
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as client:
         await wait_healthy(client, proc)
         for i in range(args.warmup):  # the first request of a size builds the ONNX Runtime session
@@ -199,10 +209,14 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--max-batch", type=int, default=4)
-    p.add_argument("--threads", type=int, default=None, help="server inference threads (default: the runtime's)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="server inference threads (default: the runtime's)"
+    )
     p.add_argument("--images", type=int, default=20, help="distinct CamVid test images to cycle through")
     p.add_argument("--note", default="")
-    p.add_argument("--out", default=None, help="result file stem (default: serve_load_<model>_<runtime>_<cpu>)")
+    p.add_argument(
+        "--out", default=None, help="result file stem (default: serve_load_<model>_<runtime>_<cpu>)"
+    )
     args = p.parse_args()
 
     files = sorted((DATA / "camvid" / "test").glob("*.png"))[: args.images]
@@ -237,7 +251,10 @@ def main() -> None:
         "requests": args.requests,
         "versions": {
             "python": platform.python_version(),
-            **{pkg: version(pkg) for pkg in ("torch", "onnxruntime", "starlette", "uvicorn", "httpx", "pillow")},
+            **{
+                pkg: version(pkg)
+                for pkg in ("torch", "onnxruntime", "starlette", "uvicorn", "httpx", "pillow")
+            },
         },
         "load_before": load_before,
         "load_after": _load(),
