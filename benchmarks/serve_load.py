@@ -1,17 +1,22 @@
 """Load on ``lightseg serve``: latency percentiles, throughput and errors at several concurrencies.
 
-Starts ``lightseg serve`` (CGRSeg-T, random weights with CamVid's 11 classes; weights do not change
-the work done) as a separate process bound to 127.0.0.1, then, for each concurrency c, keeps c
-requests in flight until ``--requests`` have been answered: ``POST /v1/segment`` with a real CamVid
-image (480 x 360 PNG, cycling through the test split), the palette PNG label map back. Client-side
-latency is from sending the request to the last byte of the answer; the server's own breakdown
-(decode, queue, inference) comes from its ``Server-Timing`` header. The client runs on the same
-machine (one asyncio process), so it competes with the server for the CPU.
+Starts ``lightseg serve`` (CGRSeg-T with CamVid's 11 classes) as a separate process bound to
+127.0.0.1, then, for each concurrency c, keeps c requests in flight until its share of
+``--requests`` has been answered: ``POST /v1/segment`` with a real CamVid image (480 x 360 PNG,
+cycling through the test split), the palette PNG label map back. The requests are split into
+``--rounds`` rounds that visit every level in turn, so a change of machine load hits all alike.
+Client-side latency is from sending the request to the last byte of the answer; the server's own
+breakdown (decode, queue, inference) comes from its ``Server-Timing`` header. The client runs on
+the same machine (one asyncio process), so it competes with the server for the CPU.
+
+The weights are random: the network does the same work as a trained one, but its labels change
+almost everywhere, which sends the full-resolution label step down its slowest path
+(see ``upsample_argmax``); a trained model's answers are somewhat faster.
 
 Writes ``benchmarks/results/serve_load_<model>_<runtime>_<cpu>.json`` and ``.md``, with the CPU,
 core count, versions, the 1-minute load average before and after, and a free-text note.
 
-    python benchmarks/serve_load.py                                   # 500 requests at c = 1, 4, 16
+    python benchmarks/serve_load.py                      # 500 requests at c = 1, 4, 16, ONNX Runtime
     python benchmarks/serve_load.py --requests 60 --note "shared CPU"
 """
 
@@ -24,12 +29,14 @@ import json
 import os
 import platform
 import re
+import shlex
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -114,9 +121,40 @@ async def wait_healthy(client, proc: subprocess.Popen, timeout: float = 300) -> 
     raise SystemExit("lightseg serve did not become healthy")
 
 
-async def load(client, images: list[bytes], requests: int, concurrency: int) -> dict:
-    """``requests`` POSTs with ``concurrency`` in flight; latency percentiles and throughput."""
-    latencies, timings, errors = [], [], []
+@dataclass
+class Samples:
+    """Raw measurements of one concurrency level, accumulated over rounds."""
+
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    sent: int = 0
+
+    def summary(self) -> dict:
+        q = statistics.quantiles(self.latencies, n=100, method="inclusive")
+
+        def median_of(key: str) -> float:
+            return round(statistics.median(t[key] for t in self.timings), 1)
+
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.sent,
+            "errors": len(self.errors),
+            "error_samples": self.errors[:5],
+            "throughput_rps": round(self.sent / self.wall_s, 2),
+            "wall_s": round(self.wall_s, 2),
+            "p50_ms": round(q[49], 1),
+            "p90_ms": round(q[89], 1),
+            "p99_ms": round(q[98], 1),
+            "max_ms": round(max(self.latencies), 1),
+            "server_median_ms": {k: median_of(k) for k in ("decode", "queue", "inference", "total")},
+        }
+
+
+async def load(client, images: list[bytes], requests: int, samples: Samples) -> None:
+    """``requests`` POSTs with ``samples.concurrency`` in flight, recorded into ``samples``."""
     next_index = 0
 
     async def worker() -> None:
@@ -124,42 +162,27 @@ async def load(client, images: list[bytes], requests: int, concurrency: int) -> 
         while next_index < requests:
             i = next_index
             next_index += 1
+            samples.sent += 1
             start = time.perf_counter()
             try:
                 r = await client.post("/v1/segment", content=images[i % len(images)])
             except Exception as e:  # a refused or dropped connection counts as an error
-                errors.append(f"{type(e).__name__}: {e}")
+                samples.errors.append(f"{type(e).__name__}: {e}")
                 continue
-            latencies.append((time.perf_counter() - start) * 1e3)
+            samples.latencies.append((time.perf_counter() - start) * 1e3)
             if r.status_code != 200:
-                errors.append(f"{r.status_code}: {r.text[:200]}")
+                samples.errors.append(f"{r.status_code}: {r.text[:200]}")
             else:
-                timings.append(server_timing(r.headers.get("server-timing", "")))
+                samples.timings.append(server_timing(r.headers.get("server-timing", "")))
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-
-    def median_of(key: str) -> float:
-        return round(statistics.median(t[key] for t in timings), 1)
-
-    return {
-        "concurrency": concurrency,
-        "requests": requests,
-        "errors": len(errors),
-        "error_samples": errors[:5],
-        "throughput_rps": round(requests / wall, 2),
-        "wall_s": round(wall, 2),
-        "p50_ms": round(q[49], 1),
-        "p90_ms": round(q[89], 1),
-        "p99_ms": round(q[98], 1),
-        "max_ms": round(max(latencies), 1),
-        "server_median_ms": {k: median_of(k) for k in ("decode", "queue", "inference", "total")},
-    }
+    await asyncio.gather(*(worker() for _ in range(samples.concurrency)))
+    samples.wall_s += time.perf_counter() - start
 
 
 async def run(args: argparse.Namespace, images: list[bytes], proc: subprocess.Popen, port: int) -> list[dict]:
+    """Warm up, then ``--rounds`` rounds; each round runs every concurrency level in turn with its
+    share of the requests, so that a change of machine load hits every level alike."""
     import httpx
 
     limits = httpx.Limits(
@@ -170,9 +193,13 @@ async def run(args: argparse.Namespace, images: list[bytes], proc: subprocess.Po
         for i in range(args.warmup):  # the first request of a size builds the ONNX Runtime session
             r = await client.post("/v1/segment", content=images[i % len(images)])
             r.raise_for_status()
-        results = [await load(client, images, args.requests, c) for c in args.concurrency]
+        levels = [Samples(c) for c in args.concurrency]
+        for r in range(args.rounds):
+            share = args.requests * (r + 1) // args.rounds - args.requests * r // args.rounds
+            for samples in levels:
+                await load(client, images, share, samples)
         assert (await client.get("/healthz")).status_code == 200
-    return results
+    return [samples.summary() for samples in levels]
 
 
 def markdown(doc: dict) -> str:
@@ -180,9 +207,12 @@ def markdown(doc: dict) -> str:
         f"# lightseg serve under load: {doc['model']} at {doc['image_size']}, {doc['runtime']}",
         "",
         f"CPU: {doc['cpu']} ({doc['cores']} cores), {doc['date']}; server threads: {doc['threads'] or 'runtime default'}, "
-        f"max batch {doc['max_batch']}; {doc['warmup']} warm-up requests, then {doc['requests']} requests per concurrency.",
+        f"max batch {doc['max_batch']}; {doc['warmup']} warm-up requests, then {doc['requests']} requests per "
+        f"concurrency in {doc['rounds']} interleaved rounds (1, 4, 16, 1, 4, 16, ...).",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".",
         f"Load average (1 min) before/after: {doc['load_before']} / {doc['load_after']}.",
+        "Random weights: labels change almost everywhere, the slowest case of the label upsampling; "
+        "the client shares the CPU with the server.",
     ]
     if doc["note"]:
         lines.append(f"Note: {doc['note']}")
@@ -208,6 +238,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=500, help="requests per concurrency level")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are split into")
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument(
         "--threads", type=int, default=None, help="server inference threads (default: the runtime's)"
@@ -249,6 +280,7 @@ def main() -> None:
         "max_batch": args.max_batch,
         "warmup": args.warmup,
         "requests": args.requests,
+        "rounds": args.rounds,
         "versions": {
             "python": platform.python_version(),
             **{
@@ -259,7 +291,7 @@ def main() -> None:
         "load_before": load_before,
         "load_after": _load(),
         "note": args.note,
-        "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
         "results": results,
     }
     stem = args.out or f"serve_load_{args.model}_{args.runtime}_{_slug(cpu_model())[:20]}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from lightseg.errors import ConfigError, InputError
+from lightseg.errors import ConfigError, InputError, WeightsNotFoundError
 
 PRECISIONS = ("fp32",)  # what this engine runs; the CLI offers the names the backend layer knows
 
@@ -79,6 +79,8 @@ def load_backend(
             )
         if path.is_file():
             model = load_model(None, path)
+        elif path.suffix or os.sep in str(source):  # meant as a file, not a model name
+            raise WeightsNotFoundError(f"{path}: no such checkpoint file")
         elif weights is None:
             raise ConfigError(
                 f"{source}: not a file; to serve a registered model name give its weights with --weights FILE"
