@@ -2,6 +2,7 @@
 headless Chromium: labels equal to Segmenter's, metadata, health, every kind of bad upload, the page."""
 
 import asyncio
+import base64
 import contextlib
 import io
 import os
@@ -148,8 +149,6 @@ def test_segment_json_areas_and_overlay(client, reference):
     assert set(body["latency_ms"]) == {"decode", "queue", "inference", "total"}
     head, b64 = body["overlay"].split(",", 1)
     assert head == "data:image/png;base64"
-    import base64
-
     got = rgb(base64.b64decode(b64)).astype(int)
     assert np.abs(got - expected_overlay(image, labels)).max() <= 1
 
