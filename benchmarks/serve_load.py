@@ -13,7 +13,7 @@ The weights are random: the network does the same work as a trained one, but its
 almost everywhere, which sends the full-resolution label step down its slowest path
 (see ``upsample_argmax``); a trained model's answers are somewhat faster.
 
-Writes ``benchmarks/results/serve_load_<model>_<runtime>_<cpu>.json`` and ``.md``, with the CPU,
+Writes ``benchmarks/results/serve_load_<model>_<runtime>_<cpu>_<cores>c.json`` and ``.md``, with the CPU,
 core count, versions, the 1-minute load average before and after, and a free-text note.
 
     python benchmarks/serve_load.py                      # 500 requests at c = 1, 4, 16, ONNX Runtime
@@ -54,6 +54,12 @@ def cpu_model() -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def machine_tag() -> str:
+    """``intel-xeon_2c`` from "Intel(R) Xeon(R) Processor" on 2 cores."""
+    name = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b", "", cpu_model(), flags=re.IGNORECASE)
+    return f"{_slug(name)}_{os.cpu_count()}c"
 
 
 def _load() -> float:
@@ -239,7 +245,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are split into")
-    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-batch", type=int, default=1)
     p.add_argument(
         "--threads", type=int, default=None, help="server inference threads (default: the runtime's)"
     )
@@ -294,7 +300,7 @@ def main() -> None:
         "command": shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
         "results": results,
     }
-    stem = args.out or f"serve_load_{args.model}_{args.runtime}_{_slug(cpu_model())[:20]}"
+    stem = args.out or f"serve_load_{args.model}_{args.runtime}_{machine_tag()}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(doc))

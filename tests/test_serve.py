@@ -79,7 +79,7 @@ def reference(checkpoint):
 
 @pytest.fixture(scope="module")
 def url(checkpoint):
-    with serving(create_app(load_backend(checkpoint, max_batch=4), LIMITS)) as base:
+    with serving(create_app(load_backend(checkpoint), LIMITS, max_batch=4)) as base:
         yield base
 
 
@@ -166,7 +166,9 @@ def test_concurrent_mixed_sizes_each_get_their_own_labels(url, reference):
     responses = asyncio.run(run())
     for im, r in zip(images, responses):
         assert r.status_code == 200
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), reference(im))
+        # A batch may round differently from a single image (a near-tie may flip); another image's
+        # labels would differ almost everywhere.
+        assert np.mean(np.asarray(Image.open(io.BytesIO(r.content))) != reference(im)) < 1e-3
 
 
 def test_batcher_groups_waiting_same_size_requests_in_order():

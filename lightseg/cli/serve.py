@@ -29,7 +29,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--max-pixels", type=int, default=8 * 1024 * 1024, help="largest width x height (default 8 Mi)"
     )
     p.add_argument(
-        "--max-batch", type=int, default=4, help="same-size requests run together (1: no batching)"
+        "--max-batch",
+        type=int,
+        default=1,
+        help="run up to N waiting same-size requests as one batch (default 1: no batching)",
     )
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
@@ -50,7 +53,6 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
         precision=args.precision,
         weights=args.weights,
         threads=args.threads,
-        max_batch=args.max_batch,
     )
     app = create_app(backend, limits, max_batch=args.max_batch, max_queue=args.max_queue)
     if not _is_loopback(args.host):

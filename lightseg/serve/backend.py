@@ -17,7 +17,10 @@ from torch import nn
 
 from lightseg.errors import ConfigError, InputError, WeightsNotFoundError
 
-PRECISIONS = ("fp32",)  # what this engine runs; the CLI offers the names the backend layer knows
+PRECISIONS = ("fp32",)
+BATCH_ANY = (
+    1 << 16
+)  # the server's batcher decides batch sizes: the segmenter never splits one  # what this engine runs; the CLI offers the names the backend layer knows
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,6 @@ def load_backend(
     precision: str = "fp32",
     weights: str | os.PathLike | None = None,
     threads: int | None = None,
-    max_batch: int = 1,
 ) -> Backend:
     """A :class:`Backend` for a model object, a lightseg checkpoint file, or a registered model name
     with ``weights`` (any layout ``lightseg predict`` reads)."""
@@ -92,7 +94,7 @@ def load_backend(
         runtime=runtime,
         optimize="fold-bn" if runtime == "torch" else "none",
         threads=threads,
-        batch_size=max_batch,
+        batch_size=BATCH_ANY,
     )
     meta = model.meta
     info = ModelInfo(
