@@ -245,7 +245,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are split into")
-    p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=4)
     p.add_argument(
         "--threads", type=int, default=None, help="server inference threads (default: the runtime's)"
     )

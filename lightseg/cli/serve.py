@@ -31,8 +31,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-batch",
         type=int,
-        default=1,
-        help="run up to N waiting same-size requests as one batch (default 1: no batching)",
+        default=4,
+        help="run up to N waiting same-size requests as one batch (1: no batching)",
     )
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)

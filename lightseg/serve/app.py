@@ -38,7 +38,7 @@ ROUTES_HELP = "GET /, GET /healthz, GET /v1/model, POST /v1/segment"
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 1, max_queue: int = 64):
+def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 4, max_queue: int = 64):
     """The ASGI application serving ``backend``; run it with uvicorn (see :mod:`lightseg.cli.serve`)."""
     limits = limits or Limits()
     batcher = Batcher(backend, max_batch=max_batch, max_queue=max_queue)

@@ -40,7 +40,7 @@ class Batcher:
     """``await batcher.segment(image)`` -> :class:`Result`; at most ``max_queue`` requests wait
     (more are refused with 503 so that a flood cannot exhaust memory)."""
 
-    def __init__(self, backend: Backend, max_batch: int = 1, max_queue: int = 64):
+    def __init__(self, backend: Backend, max_batch: int = 4, max_queue: int = 64):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}")
         self.backend = backend
