@@ -72,3 +72,13 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
 
 class DivergenceError(LightsegError, RuntimeError):
     """Training produced non-finite values; names the last finite checkpoint."""
+
+
+class RequestError(InputError):
+    """A request the segmentation server refuses (empty, too large, not an image, corrupt, bad
+    option): ``status`` is the HTTP status (4xx) and ``code`` a stable machine-readable name."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code

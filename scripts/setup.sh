@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[export,openvino,tensorboard,effnet,video,dev]"
+python -m pip install -q -e ".[export,openvino,tensorboard,effnet,video,serve,dev]"
 python -c "import torch, lightseg; print('torch', torch.__version__, '| lightseg', lightseg.__version__)"

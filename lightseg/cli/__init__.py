@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from lightseg.cli import bench, data, export, models, predict, train
+from lightseg.cli import bench, data, export, models, predict, serve, train
 from lightseg.errors import LightsegError
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -60,6 +60,12 @@ _VERBS: dict[str, tuple[str, AddArgs, Run, bool]] = {
         "latency benchmark: eager / folded / ONNX Runtime, logits or full-res labels",
         bench.add_bench_args,
         bench.run_bench,
+        False,
+    ),
+    "serve": (
+        "HTTP segmentation service with a demo page (POST /v1/segment, GET /v1/model, /)",
+        serve.add_serve_args,
+        serve.run_serve,
         False,
     ),
 }

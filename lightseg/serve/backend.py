@@ -1,0 +1,105 @@
+"""The one place where the server meets the inference engine.
+
+:func:`load_backend` builds a segmenter from a model, a checkpoint or a registered name and reads the
+facts the server publishes (classes, palette, runtime, precision, input size). The rest of
+``lightseg.serve`` sees only :class:`Backend`, so a change in the engine changes this file alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from lightseg.errors import ConfigError, WeightsNotFoundError
+
+# The server's batcher decides batch sizes: the segmenter never splits a batch it is given.
+BATCH_ANY = 1 << 16
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``GET /v1/model`` reports. ``input_size`` is ``None`` when any size is accepted (padded
+    to a multiple of ``size_divisor`` and cropped back)."""
+
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    runtime: str
+    precision: str
+    size_divisor: int
+    input_size: tuple[int, int] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class Backend:
+    """A segmenter and its facts. ``segment`` is called from one thread at a time (the server's
+    inference worker), with images of one size."""
+
+    def __init__(self, segmenter, info: ModelInfo):
+        self.segmenter = segmenter
+        self.info = info
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """H x W x 3 uint8 RGB images of one size -> H x W integer label maps."""
+        return list(self.segmenter(list(images)))
+
+
+def load_backend(
+    source: nn.Module | str | os.PathLike,
+    *,
+    runtime: str | None = "torch",
+    precision: str | None = None,
+    weights: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> Backend:
+    """A :class:`Backend` for a model object, a lightseg checkpoint, an exported ``.onnx`` / ``.xml``
+    file, or a registered model name with ``weights`` (any layout ``lightseg predict`` reads).
+
+    ``runtime`` ``None`` means an exported file's own runtime, else the CPU default path."""
+    from lightseg.engine.backends import is_exported
+    from lightseg.engine.segmenter import Segmenter
+
+    if isinstance(source, nn.Module):
+        source = source.eval()
+    elif not is_exported(source) and not Path(source).is_file():
+        if Path(source).suffix or os.sep in str(source):  # meant as a file, not a model name
+            raise WeightsNotFoundError(f"{source}: no such checkpoint or exported file")
+        if weights is None:
+            raise ConfigError(
+                f"{source}: not a file; to serve a registered model name give its weights with --weights FILE"
+            )
+    if is_exported(source) and runtime == "torch":
+        runtime = None  # an exported file runs on its own runtime
+    seg = Segmenter(
+        source,
+        runtime=runtime,
+        precision=precision,
+        weights=weights,
+        optimize="fold-bn" if runtime == "torch" else "none",
+        threads=threads,
+        batch_size=BATCH_ANY,
+    )
+    info = ModelInfo(
+        name=seg.meta.name,
+        classes=tuple(seg.classes),
+        palette=tuple(tuple(c) for c in seg.palette[: seg.num_classes]),
+        runtime=seg.runtime,
+        precision=seg.precision,
+        size_divisor=seg.runner.size_divisor,
+        input_size=_fixed_input_size(seg.runner),
+    )
+    return Backend(seg, info)
+
+
+def _fixed_input_size(runner) -> tuple[int, int] | None:
+    """The static input size of an exported graph; ``None`` where any padded size runs."""
+    info = getattr(runner, "info", None)
+    return tuple(int(v) for v in info.input_size) if info is not None else None
