@@ -24,8 +24,11 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from lightseg import save_weights  # noqa: E402
-from lightseg.engine.predict import Segmenter  # noqa: E402
+from lightseg import (  # noqa: E402
+    Segmenter,
+    load_checkpoint,
+    save_weights,
+)
 from lightseg.models import create_model  # noqa: E402
 from lightseg.serve import Limits, create_app, load_backend  # noqa: E402
 from lightseg.serve.batcher import Batcher  # noqa: E402
@@ -365,3 +368,22 @@ def test_page_in_chromium_shows_overlay_and_legend(url, reference, camvid_image,
     assert match > 0.99
     colours = {tuple(c) for c in screen.reshape(-1, 3).tolist()}
     assert all(tuple(CAMVID_PALETTE[i]) in colours for i in present)
+
+
+def test_an_exported_openvino_file_is_served_with_its_own_facts(checkpoint, tmp_path):
+    """The file `lightseg export` wrote is served as it is: its runtime, its fixed input size, its
+    classes and palette; labels equal the Segmenter's on the same file."""
+    pytest.importorskip("openvino")
+    from lightseg.engine.export import export_model
+
+    xml = export_model(load_checkpoint(checkpoint).eval(), tmp_path / "m.xml", (64, 96), "openvino")
+    backend = load_backend(xml)  # the CLI's default runtime (torch) gives way to the file's own
+    info = backend.info
+    assert (info.runtime, info.precision, info.input_size) == ("openvino", "fp32", (64, 96))
+    assert list(info.classes) == CAMVID_CLASSES and [list(c) for c in info.palette] == CAMVID_PALETTE
+    image = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    with serving(create_app(backend, LIMITS, max_batch=1)) as base, httpx.Client(base_url=base) as client:
+        r = client.post("/v1/segment", content=encode(image))
+        assert r.status_code == 200, r.text
+        assert client.get("/v1/model").json()["runtime"] == "openvino"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), Segmenter(xml)(image))
