@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightseg.engine import signal_stack
 from lightseg.engine.export import (
     EXPORT_KEY,
     FORMAT_SUFFIX,
@@ -152,6 +153,11 @@ class OpenVinoSession:
     """
 
     def __init__(self, path: str | os.PathLike, precision: str = "fp32", threads: int | None = None):
+        with signal_stack.kept():
+            self._compile(path, precision, threads)
+        self._local = threading.local()
+
+    def _compile(self, path: str | os.PathLike, precision: str, threads: int | None) -> None:
         ov = _openvino()
         path = Path(path)
         check_ir_files(path)
@@ -172,14 +178,14 @@ class OpenVinoSession:
         self.path = path
         shape = self.compiled.inputs[0].get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
-        self._local = threading.local()
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         x = _as_input(x, self.input_shape, self.path)
         request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request.infer({0: x})[0].copy()  # the request reuses its output buffer
+        with signal_stack.kept():
+            if request is None:
+                request = self._local.request = self.compiled.create_infer_request()
+            return request.infer({0: x})[0].copy()  # the request reuses its output buffer
 
 
 def _as_input(x: np.ndarray | torch.Tensor, want: tuple, path: Path) -> np.ndarray:
@@ -223,7 +229,8 @@ def read_file_metadata(path: str | os.PathLike) -> tuple[dict[str, str], tuple, 
     if path.suffix == ".xml":
         ov = _openvino()
         try:
-            model = ov.Core().read_model(str(path))
+            with signal_stack.kept():
+                model = ov.Core().read_model(str(path))
         except Exception as e:
             raise InputError(f"{path}: OpenVINO cannot read this file ({str(e).splitlines()[0]})") from e
         props = {

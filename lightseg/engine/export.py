@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from lightseg.engine import signal_stack
 from lightseg.engine.media import image_files, read_image
 from lightseg.errors import ConfigError, InputError
 from lightseg.fuse import optimize_for_inference
@@ -551,6 +552,11 @@ def onnx_to_openvino(
     ``info`` in its ``rt_info``: ``fp32``; ``bf16`` (fp32 weights, compiled with bf16 inference
     precision); ``int8`` (NNCF post-training quantisation on ``calibration``, read one batch at a
     time)."""
+    with signal_stack.kept():
+        return _onnx_to_openvino(onnx_path, Path(path), meta, info, calibration)
+
+
+def _onnx_to_openvino(onnx_path, path: Path, meta: ModelMeta, info: ExportInfo, calibration) -> Path:
     ov = _openvino()
     check_precision("openvino", info.precision)
     path = Path(path)
