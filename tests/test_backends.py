@@ -4,6 +4,8 @@ loop checkpoint -> exported file -> predict / Segmenter / eval, the export cache
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -303,3 +305,18 @@ def test_thread_scope_restores_the_count_under_concurrency():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_openvino_leaves_the_threads_signal_stack_as_it_was(exported):
+    """OpenVINO's CPU plugin installs an alternate signal stack it later frees; left in place, the
+    next signal to a Python handler (SIGCHLD of a finished subprocess) killed the process with
+    SIGSEGV. Compiling and running a model must leave the thread's own setting."""
+    from lightseg.engine import signal_stack
+
+    before = signal_stack.current()
+    if before is None:
+        pytest.skip("sigaltstack is not available on this platform")
+    Segmenter(exported["openvino"], precision="bf16")(np.zeros((96, 128, 3), np.uint8))
+    assert signal_stack.current() == before
+    # and the subprocess that died that way finishes
+    assert subprocess.run([sys.executable, "-c", "pass"], timeout=60).returncode == 0
