@@ -306,3 +306,23 @@ def test_doctor_finds_planted_faults(tmp_path: Path, capsys: pytest.CaptureFixtu
     _png(clean / "masks/train/good.png", _mask([0, 1]))
     assert cli_main(["data", "check", "--data.name", "folder", "--data.root", str(clean)]) == 0
     assert "[train] 1 pairs — OK" in capsys.readouterr().out
+
+
+def test_images_are_turned_by_their_exif_orientation_masks_are_not(tmp_path):
+    """As cv2 reads them for mmseg: IMREAD_COLOR applies the EXIF orientation (6 = turn 90 degrees
+    clockwise to display), IMREAD_UNCHANGED (masks) does not."""
+    from PIL import Image
+
+    from lightseg.data.base import read_image, read_mask
+    from lightseg.engine.media import read_image as read_input
+
+    pixels = np.zeros((2, 3, 3), np.uint8)
+    pixels[0, 0] = (255, 0, 0)  # top-left red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "photo.png", exif=exif)
+    Image.fromarray(np.arange(6, dtype=np.uint8).reshape(2, 3)).save(tmp_path / "mask.png", exif=exif)
+    turned = read_image(tmp_path / "photo.png")
+    assert turned.shape == (3, 2, 3) and tuple(turned[0, 1]) == (255, 0, 0)  # red now top-right
+    np.testing.assert_array_equal(np.asarray(read_input(tmp_path / "photo.png")), turned)
+    assert read_mask(tmp_path / "mask.png").shape == (2, 3)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from lightseg.errors import DataError, DatasetNotFoundError, SplitNotFoundError
@@ -42,12 +42,22 @@ def _bomb_error(path: Path, e: Exception) -> DataError:
     )
 
 
+def upright_rgb(im: Image.Image) -> Image.Image:
+    """The image as RGB, turned as its EXIF orientation tag says.
+
+    As the papers' loader (mmcv's ``cv2.imdecode`` with ``IMREAD_COLOR``) reads images: OpenCV
+    applies the EXIF orientation to colour reads, never to ``IMREAD_UNCHANGED`` reads, which is how
+    masks are read, so masks are not turned (a photo whose mask was drawn on the turned image then
+    fails the size check, naming both files)."""
+    return ImageOps.exif_transpose(im).convert("RGB")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to an RGB ``uint8`` array of shape (H, W, 3)."""
+    """Decode an image file to an RGB ``uint8`` array of shape (H, W, 3), EXIF orientation applied."""
     try:
         with Image.open(path) as im:
             im.draft("RGB", im.size)  # no-op for PNG; keeps JPEG decoding at full size
-            arr = np.asarray(im.convert("RGB"))
+            arr = np.asarray(upright_rgb(im))
     except FileNotFoundError as e:
         raise DataError(f"{path}: image file not found") from e
     except Image.DecompressionBombError as e:

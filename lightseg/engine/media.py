@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightseg.data.base import IMAGE_SUFFIXES  # the one list, shared with the datasets
+from lightseg.data.base import IMAGE_SUFFIXES, upright_rgb  # the one list, shared with the datasets
 from lightseg.errors import InputError, InputNotFoundError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -108,7 +108,7 @@ def read_image(path: Path) -> Image.Image:
     """An RGB PIL image; a corrupt or unreadable file fails naming it."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return upright_rgb(im)
     except Exception as e:  # PIL raises many types for broken files
         raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from lightseg.data.base import upright_rgb
 from lightseg.errors import RequestError
 
 # First bytes of the accepted formats -> Pillow format name.
@@ -82,7 +83,7 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     if w * h > limits.max_pixels:
         raise _too_many_pixels(f"the image is {w} x {h} = {w * h} pixels", limits)
     try:
-        rgb = im.convert("RGB")  # decodes; a truncated or corrupt stream fails here
+        rgb = upright_rgb(im)  # decodes; a truncated or corrupt stream fails here
     except Exception as e:
         raise _corrupt(fmt, e) from e
     return np.asarray(rgb)
