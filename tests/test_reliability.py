@@ -375,7 +375,7 @@ def test_cli_drops_the_worker_traceback_of_an_evaluation_data_error(tmp_path, mo
     ds.__class__ = type("Broken", (SyntheticSet,), {"__getitem__": lambda self, k: _raise_data_error()})
     loader = torch.utils.data.DataLoader(ds, num_workers=1)
 
-    def run_eval(*args):
+    def run_eval(*args, **kwargs):
         next(iter(loader))  # re-raised from the worker with its traceback in the message
 
     monkeypatch.setattr("lightseg.engine.evaluate.run_eval", run_eval)
