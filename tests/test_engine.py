@@ -29,7 +29,6 @@ class TinySeg(nn.Module):
     def __init__(self, num_classes: int = 3):
         super().__init__()
         self.num_classes = num_classes
-        self.model_name, self.model_kwargs = "tiny", {}
         self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.BatchNorm2d(8), nn.ReLU())
         self.head = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(8, num_classes, 1))
 

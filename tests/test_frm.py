@@ -139,7 +139,7 @@ def test_ablations_build_and_run(option):
         )
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 64)).shape == (1, 3, 8, 16)
-    assert model.model_kwargs == option  # recorded, so checkpoints rebuild the ablation
+    assert model.meta.options == option  # recorded, so checkpoints rebuild the ablation
 
 
 def test_unknown_option_names_the_fields():

@@ -79,8 +79,6 @@ def create_model(
         kind=entry.kind,
         **_describe(model, entry),
     )
-    # Mirrors of meta.name / meta.options for callers that predate ModelMeta (bench, predict).
-    model.model_name, model.model_kwargs = name, dict(options)
     return model
 
 
