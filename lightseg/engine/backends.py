@@ -45,6 +45,7 @@ from lightseg.engine.export import (
     ExportInfo,
     InferenceGraph,
     export_model,
+    import_openvino,
 )
 from lightseg.errors import CheckpointError, ConfigError, InputError, InputNotFoundError
 from lightseg.meta import META_KEY, ModelMeta, model_meta
@@ -158,7 +159,7 @@ class OpenVinoSession:
         self._local = threading.local()
 
     def _compile(self, path: str | os.PathLike, precision: str, threads: int | None) -> None:
-        ov = _openvino()
+        ov = import_openvino()
         path = Path(path)
         check_ir_files(path)
         core = ov.Core()
@@ -197,14 +198,6 @@ def _as_input(x: np.ndarray | torch.Tensor, want: tuple, path: Path) -> np.ndarr
     return x
 
 
-def _openvino():
-    try:
-        import openvino
-    except ImportError as e:
-        raise InputError("the OpenVINO runtime is not installed: pip install 'lightseg[openvino]'") from e
-    return openvino
-
-
 def check_ir_files(path: Path) -> None:
     """An OpenVINO IR is two files side by side; fail naming the one that is missing."""
     if not path.is_file():
@@ -227,7 +220,7 @@ def read_file_metadata(path: str | os.PathLike) -> tuple[dict[str, str], tuple, 
     path = Path(path)
     check_ir_files(path)
     if path.suffix == ".xml":
-        ov = _openvino()
+        ov = import_openvino()
         try:
             with signal_stack.kept():
                 model = ov.Core().read_model(str(path))
