@@ -242,3 +242,20 @@ def test_overlay_has_a_legend_of_the_classes_present(weights, tmp_path):
     assert np.array_equal(over[-20:, -40:], plain[-20:, -40:])
     top = np.bincount(labels.ravel()).argmax()
     assert (over[5:18, 5:18] == CAMVID_PALETTE[top]).all(-1).sum() >= 9
+
+
+def test_one_input_after_weights_and_a_mistyped_checkpoint(weights, tmp_path, capsys):
+    """`predict --weights CKPT img.png` (no model name, one input) runs; a checkpoint path that
+    does not exist is named as a missing file, not as an unknown model; no inputs is said so."""
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    out = tmp_path / "o"
+    assert (
+        main(["predict", "--weights", str(weights), str(img), "--out", str(out), "--runtime", "torch"]) == 0
+    )
+    assert Image.open(out / "x.png").size == (64, 64)
+    missing = tmp_path / "runs" / "best.pt"
+    assert main(["predict", str(missing), str(img), "--out", str(out)]) == 2
+    assert f"{missing}: no such file" in capsys.readouterr().err
+    assert main(["predict", str(weights), "--out", str(out)]) == 2
+    assert "nothing to predict" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from lightseg.cli.options import add_model_source_args, add_runtime_args, model_
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     add_model_source_args(p)
-    p.add_argument("inputs", nargs="+", help="image files, folders, globs or video files")
+    # "*", not "+": with --weights the model may be left out, and one input is then all there is
+    p.add_argument("inputs", nargs="*", help="image files, folders, globs or video files")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument(
         "--dataset",
@@ -58,11 +59,14 @@ def run_predict(args: argparse.Namespace, rest: list[str]) -> int:
 
     from lightseg.engine.predict import check_out_dir, predict_paths
     from lightseg.engine.segmenter import Segmenter
+    from lightseg.errors import InputError
 
     check_out_dir(args.out)  # before minutes of loading and exporting
     if args.threads:
         torch.set_num_threads(args.threads)
     source, inputs = model_source(args, args.inputs)
+    if not inputs:
+        raise InputError(f"nothing to predict: give image files, folders, globs or videos after {source}")
     classes = palette = None
     if args.dataset:
         classes, palette = dataset_meta(args.dataset)

@@ -627,6 +627,11 @@ def build_runner(
             load_weights(model, weights)
     elif isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         model = load_model(None, source, num_classes)
+    elif isinstance(source, os.PathLike) or Path(source).suffix or os.sep in source:  # not a name
+        raise InputNotFoundError(
+            f"{source}: no such file (a model is a checkpoint, an exported .onnx/.xml file, or a "
+            "registered name with --weights: see `lightseg models`)"
+        )
     else:
         model = load_model(str(source), weights, num_classes)
     if meta is not None:
