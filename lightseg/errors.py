@@ -70,6 +70,10 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
     """A recipe file that does not exist; names the path."""
 
 
+class OutOfMemoryError(LightsegError, RuntimeError):
+    """The device ran out of memory; says which settings lower the need and what was saved."""
+
+
 class DivergenceError(LightsegError, RuntimeError):
     """Training produced non-finite values; names the last finite checkpoint."""
 

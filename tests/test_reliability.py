@@ -17,7 +17,14 @@ from lightseg.engine import runtime
 from lightseg.engine.optim import poly_warmup_factor
 from lightseg.engine.runtime import DistInfo, ResumableBatches, load_train_checkpoint
 from lightseg.engine.train import train
-from lightseg.errors import CheckpointError, ConfigError, DataError, DivergenceError, LightsegError
+from lightseg.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    LightsegError,
+    OutOfMemoryError,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Resume: the same run or a clear refusal
@@ -237,6 +244,31 @@ def _camvid_cfg(work_dir, root, **over):
 def _model11():
     torch.manual_seed(0)
     return TinySeg(num_classes=11)
+
+
+def test_out_of_memory_says_what_to_change_and_keeps_the_work(tmp_path, capsys):
+    """A device out of memory mid-run (raised here on the CPU as torch raises it on CUDA) stops
+    with one line naming the settings that lower the need, after saving the steps done; the same
+    command then continues and ends as a run that never failed."""
+    root = _camvid_like(tmp_path / "camvid")
+    train(_camvid_cfg(tmp_path / "straight", root), model=_model11())
+    model, calls = _model11(), []
+    forward = model.forward
+
+    def out_of_memory_on_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(*args, **kwargs)
+
+    model.forward = out_of_memory_on_the_third_step
+    with pytest.raises(OutOfMemoryError, match=r"(?s)out of cpu memory at iteration 3 .*"
+                       r"--train\.accum_steps 2.*emergency checkpoint .*last\.pt at iteration 2"):  # fmt: skip
+        train(_camvid_cfg(tmp_path / "run", root), model=model)
+    train(_camvid_cfg(tmp_path / "run", root), model=_model11())
+    a = load_train_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_train_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _first_index_of_step(step):

@@ -61,7 +61,14 @@ from lightseg.engine.runtime import (
     set_rng_state,
 )
 from lightseg.engine.tensorboard import EvalSummaries
-from lightseg.errors import CheckpointError, ConfigError, DataError, DivergenceError, WeightsNotFoundError
+from lightseg.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    OutOfMemoryError,
+    WeightsNotFoundError,
+)
 from lightseg.losses import SegLoss, build_seg_loss
 from lightseg.meta import META_KEY
 from lightseg.metrics import format_table
@@ -405,13 +412,31 @@ def _guarded_step(ctx: _Context, step_model: nn.Module, batch_iter, state: Train
     try:
         return _train_step(ctx, step_model, batch_iter, state)
     except DataError as e:
-        if ctx.info.enabled or state.iteration == state.last_iteration_saved:
-            raise  # under DDP the other processes cannot join a save
-        _save(ctx, state, CKPT_LAST)
+        _save_before_stopping(ctx, state)
         raise DataError(
-            f"{e}\nSaved an emergency checkpoint {state.last_checkpoint} at iteration {state.iteration}: fix "
-            "or remove the file and run the same command again to continue (or --data.on_error skip)."
+            f"{e}{_saved_note(state)}: fix or remove the file and run the same command again to "
+            "continue (or --data.on_error skip)."
         ) from None
+    except OutOfMemoryError as e:
+        ctx.optimizer.zero_grad(set_to_none=True)  # free the failed step's gradients first
+        _save_before_stopping(ctx, state)
+        raise OutOfMemoryError(
+            f"{e}{_saved_note(state)}: rerun with the new settings named in run.allow_changes to "
+            "continue from it."
+        ) from None
+
+
+def _save_before_stopping(ctx: _Context, state: TrainState) -> None:
+    """An emergency checkpoint of the steps done since the last one (the weights are those of the
+    last finished step). Not under DDP: the other processes cannot join a save."""
+    if not ctx.info.enabled and state.iteration != state.last_iteration_saved:
+        _save(ctx, state, CKPT_LAST)
+
+
+def _saved_note(state: TrainState) -> str:
+    if state.last_checkpoint is None:
+        return "\nNo checkpoint was written yet"
+    return f"\nThe work is kept: emergency checkpoint {state.last_checkpoint} at iteration {state.last_iteration_saved}"
 
 
 def _next_batch(ctx: _Context, batch_iter, state: TrainState) -> dict:
@@ -453,12 +478,13 @@ def _train_step(ctx: _Context, step_model: nn.Module, batch_iter, state: TrainSt
                     loss = step_model(image, mask) / accum
                 ctx.scaler.scale(loss).backward()
             total += loss.detach()
-    except torch.cuda.OutOfMemoryError as e:
-        raise RuntimeError(
-            f"CUDA out of memory at iteration {state.iteration + 1} ({e}). Try a smaller per-GPU batch "
-            f"(--train.accum_steps {accum * 2} keeps the total batch), a smaller --data.crop_size, "
-            "--train.amp bf16 (or fp16), or more GPUs."
-        ) from e
+    except torch.OutOfMemoryError as e:
+        raise OutOfMemoryError(
+            f"out of {ctx.device.type} memory at iteration {state.iteration + 1} "
+            f"({str(e).splitlines()[0]}). Try a smaller per-device batch (--train.accum_steps "
+            f"{accum * 2} keeps the total batch), a smaller --data.crop_size, --train.amp bf16 (or "
+            "fp16), or more GPUs."
+        ) from None
     loss_value = float(all_reduce_mean(total, ctx.info))
     bad = _nonfinite_step(ctx, loss_value)
     if bad:
