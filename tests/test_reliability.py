@@ -181,7 +181,7 @@ def test_non_finite_buffers_are_never_saved_and_the_stop_names_the_last_finite_c
     with pytest.raises(
         DivergenceError,
         match=r"not finite at iteration 6 .*model.backbone.1.running_var.*not saved. Last finite checkpoint: "
-        r".*last.pt \(iteration 3\)",
+        r".*last.pt at iteration 3",
     ):
         train(tiny_cfg(tmp_path), model=BlowsUp(at=5), train_set=SyntheticSet())
     ckpt = load_train_checkpoint(tmp_path / "last.pt")
@@ -374,9 +374,9 @@ def test_cli_reports_user_errors_only(tmp_path, monkeypatch, capsys):
     ],
 )
 def test_user_errors_across_verbs_are_in_the_hierarchy(argv, capsys):
-    from lightseg.cli import _VERBS, build_parser
+    from lightseg.cli import _VERBS, parse
 
-    args, rest = build_parser().parse_known_args(argv)
+    args, rest = parse(argv)
     with pytest.raises(LightsegError):
         _VERBS[args.verb][2](args, rest)
 

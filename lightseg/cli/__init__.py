@@ -79,13 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(arguments, unknown arguments). Verbs without unknown arguments are parsed again
+    intermixed, so positionals may sit on either side of options: ``predict MODEL --weights W
+    img.png`` gives the image to ``inputs``, where plain parsing would stop at the option."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    _, _, run, accepts_rest = _VERBS[args.verb]
-    if rest and not accepts_rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if _VERBS[args.verb][3]:
+        return args, rest
+    help_, add_args = _VERBS[args.verb][:2]
+    verb_parser = argparse.ArgumentParser(prog=f"{parser.prog} {args.verb}", description=help_)
+    add_args(verb_parser)
+    verb_args = verb_parser.parse_intermixed_args(argv[argv.index(args.verb) + 1 :])
+    verb_args.verb = args.verb
+    return verb_args, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parse(argv)
+    run = _VERBS[args.verb][2]
     try:
         return run(args, rest)
     except LightsegError as e:

@@ -412,31 +412,35 @@ def _guarded_step(ctx: _Context, step_model: nn.Module, batch_iter, state: Train
     try:
         return _train_step(ctx, step_model, batch_iter, state)
     except DataError as e:
-        _save_before_stopping(ctx, state)
+        saved = _save_before_stopping(ctx, state)
         raise DataError(
-            f"{e}{_saved_note(state)}: fix or remove the file and run the same command again to "
-            "continue (or --data.on_error skip)."
+            f"{e}{_saved_note(state, saved)}: fix or remove the file and run the same command again "
+            "to continue (or --data.on_error skip)."
         ) from None
     except OutOfMemoryError as e:
         ctx.optimizer.zero_grad(set_to_none=True)  # free the failed step's gradients first
-        _save_before_stopping(ctx, state)
+        saved = _save_before_stopping(ctx, state)
         raise OutOfMemoryError(
-            f"{e}{_saved_note(state)}: rerun with the new settings named in run.allow_changes to "
-            "continue from it."
+            f"{e}{_saved_note(state, saved)}: rerun with the new settings named in "
+            "run.allow_changes to continue from it."
         ) from None
 
 
-def _save_before_stopping(ctx: _Context, state: TrainState) -> None:
+def _save_before_stopping(ctx: _Context, state: TrainState) -> bool:
     """An emergency checkpoint of the steps done since the last one (the weights are those of the
-    last finished step). Not under DDP: the other processes cannot join a save."""
-    if not ctx.info.enabled and state.iteration != state.last_iteration_saved:
-        _save(ctx, state, CKPT_LAST)
+    last finished step); whether one was written. Not under DDP: the other processes cannot join
+    a save."""
+    if ctx.info.enabled or state.iteration == state.last_iteration_saved:
+        return False
+    _save(ctx, state, CKPT_LAST)
+    return True
 
 
-def _saved_note(state: TrainState) -> str:
+def _saved_note(state: TrainState, emergency: bool) -> str:
     if state.last_checkpoint is None:
         return "\nNo checkpoint was written yet"
-    return f"\nThe work is kept: emergency checkpoint {state.last_checkpoint} at iteration {state.last_iteration_saved}"
+    kind = "emergency checkpoint" if emergency else "last checkpoint"
+    return f"\nThe work is kept: {kind} {_checkpoint_where(state)}"
 
 
 def _next_batch(ctx: _Context, batch_iter, state: TrainState) -> dict:
@@ -545,9 +549,14 @@ def _skip_or_stop(ctx: _Context, state: TrainState, bad: str, buffers: list[torc
 
 
 def _last_finite(state: TrainState) -> str:
-    last = state.last_checkpoint
-    where = f"{last} (iteration {state.last_iteration_saved})" if last else "none written yet"
-    return f"Last finite checkpoint: {where}"
+    return f"Last finite checkpoint: {_checkpoint_where(state) or 'none written yet'}"
+
+
+def _checkpoint_where(state: TrainState) -> str | None:
+    """The last checkpoint written and its iteration, e.g. ``runs/x/last.pt at iteration 2``."""
+    if state.last_checkpoint is None:
+        return None
+    return f"{state.last_checkpoint} at iteration {state.last_iteration_saved}"
 
 
 def _save(ctx: _Context, state: TrainState, name: str) -> None:
