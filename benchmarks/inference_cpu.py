@@ -120,12 +120,16 @@ def full_res_rows(calib, openvino: bool) -> list[tuple[str, dict[str, Any]]]:
     if calib:
         q = dict(runtime="onnxruntime", precision="int8", calibration=calib)
         rows += [(INT8, dict(q, output="logits")), (INT8 + " + upsample_argmax", dict(q, output="argmax"))]
-    if openvino and calib:  # the fastest path measured here
-        q = dict(runtime="openvino", precision="int8", calibration=calib)
-        rows += [
-            (OV_INT8, dict(q, output="logits")),
-            (OV_INT8 + " + upsample_argmax", dict(q, output="argmax")),
-        ]
+    if openvino:  # the fastest paths measured here; bf16 is the default where the CPU has AMX
+        for label, q in (
+            (OV_BF16, dict(runtime="openvino", precision="bf16")),
+            (OV_INT8, dict(runtime="openvino", precision="int8", calibration=calib)),
+        ):
+            if q["precision"] != "int8" or calib:
+                rows += [
+                    (label, dict(q, output="logits")),
+                    (label + " + upsample_argmax", dict(q, output="argmax")),
+                ]
     return rows
 
 
@@ -322,7 +326,11 @@ def targets(speed: list[dict], full: list[dict], acc: dict | None) -> dict[str, 
                 f[OPTIMISED + ", in-graph upsample+argmax (uint8)"] / f[OPTIMISED] - 1, 3
             ),
         }
-        for label, key in ((INT8, "int8 + upsample_argmax"), (OV_INT8, "openvino int8 + upsample_argmax")):
+        for label, key in (
+            (INT8, "int8 + upsample_argmax"),
+            (OV_BF16, "openvino bf16 + upsample_argmax"),
+            (OV_INT8, "openvino int8 + upsample_argmax"),
+        ):
             if label in f:
                 s["full_res_label_overhead_trained"][key] = round(
                     f[label + " + upsample_argmax"] / f[label] - 1, 3
@@ -442,6 +450,7 @@ def main() -> int:
         summary["int8_calibration_memory"] = calib_mem
     h, w = size
     cpu = re.sub(r"[^A-Za-z0-9]+", "-", str(env.get("cpu", "cpu"))).strip("-").lower()[:40]
+    cpu += "-amx" if "amx_bf16" in env.get("cpu_features", ()) else ""  # same name, other kernels
     stem = f"inference_cpu_{args.model}_{cpu}_{args.threads}t" + (f"_{h}x{w}" if size != (512, 512) else "")
     out = ROOT / "benchmarks" / "results" / stem
     payload = {

@@ -59,18 +59,37 @@ PRECISIONS = {
 OPTIMIZE = ("none", "fold-bn", "compile")
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
 EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
-# The default path on a CPU: the fastest whose accuracy cost on CamVid test was measured at
-# <= 0.1 mIoU (docs/deploy.md, "Which path by default"): ONNX Runtime fp32 on the optimised export
-# (exact). Without onnxruntime installed: eager torch with BN folded (exact up to rounding).
-DEFAULT_CPU_PATH = ("onnxruntime", "fp32")
+# CPU features that decide which reduced precision pays (recorded with every benchmark result).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def default_runtime() -> str:
+def cpu_flags() -> tuple[str, ...]:
+    """The :data:`CPU_FEATURES` this CPU has (from /proc/cpuinfo; empty where there is none)."""
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return DEFAULT_CPU_PATH[0]
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return ()
+    return tuple(f for f in CPU_FEATURES if f in flags)
+
+
+def default_cpu_path() -> tuple[str, str]:
+    """(runtime, precision) run on a CPU when none is asked for: the fastest path that needs only
+    the weights and whose accuracy cost on CamVid test was measured at <= 0.1 mIoU (docs/deploy.md,
+    "Which path by default"). OpenVINO bf16 where the CPU has AMX-BF16 (about 2x ONNX Runtime fp32;
+    without AMX, bf16 was slower than fp32); else ONNX Runtime fp32 on the optimised export (exact);
+    without onnxruntime, eager torch with BN folded."""
+    if "amx_bf16" in cpu_flags() and _installed("openvino"):
+        return "openvino", "bf16"
+    if _installed("onnxruntime"):
+        return "onnxruntime", "fp32"
+    return "torch", "fp32"
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def check_runtime(runtime: str, precision: str) -> None:
@@ -610,8 +629,8 @@ def build_runner(
     checkpoint file, or an exported ``.onnx`` / ``.xml`` file.
 
     ``runtime`` default: an exported file's own (``.onnx``: onnxruntime, ``.xml``: openvino);
-    otherwise the CPU default path (:data:`DEFAULT_CPU_PATH`). ``precision`` default: the file's,
-    else fp32. ``meta`` gives the facts of a file exported by another tool (or overrides a
+    otherwise the CPU default path (:func:`default_cpu_path`, whose precision applies when neither
+    is given). ``precision`` default: the file's, else fp32. ``meta`` gives the facts of a file exported by another tool (or overrides a
     model's). ``calibration``: images (files, folders, globs) for int8, ``calibration_count`` of
     them used.
     """
@@ -636,7 +655,9 @@ def build_runner(
         model = load_model(str(source), weights, num_classes)
     if meta is not None:
         model.meta = meta
-    runtime = runtime or (default_runtime() if device == "cpu" else "torch")
+    if runtime is None and precision is None and device == "cpu":
+        runtime, precision = default_cpu_path()
+    runtime = runtime or (default_cpu_path()[0] if device == "cpu" else "torch")
     precision = precision or "fp32"
     check_runtime(runtime, precision)
     if runtime == "torch":

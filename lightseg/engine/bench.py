@@ -35,6 +35,7 @@ from lightseg.engine.backends import (
     TorchRunner,
     cached_export,
     check_runtime,
+    cpu_flags,
     exported_facts,
     is_exported,
 )
@@ -50,6 +51,7 @@ def environment(threads: int | None = None, device: str = "cpu") -> dict[str, An
         "device": device,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_features": list(cpu_flags()),
         "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

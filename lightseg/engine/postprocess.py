@@ -51,16 +51,11 @@ def _bilinear_taps(out_len: int, in_len: int, keep: int, device: torch.device):
 
 
 def _argmax0(v: torch.Tensor) -> torch.Tensor:
-    """``v.argmax(0)`` for K x M (first index on ties, like ``argmax``), as a running maximum over
-    the K rows: each step is one contiguous, vectorised pass, while ``argmax`` over a short
-    (K ~ 10..150) reduced dimension is 3-5x slower on CPU."""
-    best = v[0].clone()
-    idx = torch.zeros(v.shape[1:], dtype=torch.long, device=v.device)
-    for k in range(1, v.shape[0]):
-        better = v[k] > best
-        idx.masked_fill_(better, k)
-        torch.maximum(best, v[k], out=best)
-    return idx
+    """``v.argmax(0)`` for K x M (first index on ties, like ``argmax``). ``max(0)`` reduces over
+    the short (K ~ 10..150) leading dimension with contiguous vectorised passes: 1.3-1.6x faster
+    than a running maximum in Python and 4-5x faster than ``argmax(0)`` on CPU (K = 11..150,
+    19,200 columns, one thread)."""
+    return v.max(0).indices
 
 
 def _cell_argmax(logits: torch.Tensor, low: torch.Tensor, s: int, chunk: int) -> torch.Tensor:

@@ -35,7 +35,8 @@ class Segmenter:
     model's multiple, cropped back). ``predict_probs`` returns K x H x W class probabilities.
 
     ``runtime``: ``torch``, ``onnxruntime`` or ``openvino``; default: an exported file's own, else
-    the CPU default path (ONNX Runtime fp32 when installed, see docs/deploy.md). ``precision``:
+    the CPU default path (OpenVINO bf16 on a CPU with AMX, else ONNX Runtime fp32 when installed:
+    :func:`~lightseg.engine.backends.default_cpu_path`, docs/deploy.md). ``precision``:
     ``fp32``, ``bf16`` (torch, openvino) or ``int8`` (onnxruntime, openvino; needs
     ``calibration=`` real images unless the file is already int8). ``meta`` supplies the facts of
     a file exported by another tool; ``classes``/``palette`` override the model's.
