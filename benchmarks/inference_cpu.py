@@ -109,27 +109,18 @@ def speed_rows(calib, openvino: bool) -> list[tuple[str, dict[str, Any]]]:
 
 def full_res_rows(calib, openvino: bool) -> list[tuple[str, dict[str, Any]]]:
     """Part B: the trained model, stride-8 logits vs. full-resolution labels."""
-    rows = [
-        (OPTIMISED, dict(runtime="onnxruntime", output="logits")),
-        (OPTIMISED + " + upsample_argmax", dict(runtime="onnxruntime", output="argmax")),
-        (
-            OPTIMISED + ", in-graph upsample+argmax (uint8)",
-            dict(runtime="onnxruntime", output="argmax-graph"),
-        ),
-    ]
+    paths = [(OPTIMISED, dict(runtime="onnxruntime"))]
     if calib:
-        q = dict(runtime="onnxruntime", precision="int8", calibration=calib)
-        rows += [(INT8, dict(q, output="logits")), (INT8 + " + upsample_argmax", dict(q, output="argmax"))]
+        paths.append((INT8, dict(runtime="onnxruntime", precision="int8", calibration=calib)))
     if openvino:  # the fastest paths measured here; bf16 is the default where the CPU has AMX
-        for label, q in (
-            (OV_BF16, dict(runtime="openvino", precision="bf16")),
-            (OV_INT8, dict(runtime="openvino", precision="int8", calibration=calib)),
-        ):
-            if q["precision"] != "int8" or calib:
-                rows += [
-                    (label, dict(q, output="logits")),
-                    (label + " + upsample_argmax", dict(q, output="argmax")),
-                ]
+        paths.append((OV_BF16, dict(runtime="openvino", precision="bf16")))
+        if calib:
+            paths.append((OV_INT8, dict(runtime="openvino", precision="int8", calibration=calib)))
+    rows = []
+    for label, q in paths:
+        rows += [(label, dict(q, output="logits")), (label + " + upsample_argmax", dict(q, output="argmax"))]
+        if label == OPTIMISED:
+            rows.append((label + ", in-graph upsample+argmax (uint8)", dict(q, output="argmax-graph")))
     return rows
 
 

@@ -21,6 +21,7 @@ second process with the same model starts from the cached file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -63,6 +64,7 @@ EXPORTED_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
+@functools.cache
 def cpu_flags() -> tuple[str, ...]:
     """The :data:`CPU_FEATURES` this CPU has (from /proc/cpuinfo; empty where there is none)."""
     try:
@@ -630,9 +632,9 @@ def build_runner(
 
     ``runtime`` default: an exported file's own (``.onnx``: onnxruntime, ``.xml``: openvino);
     otherwise the CPU default path (:func:`default_cpu_path`, whose precision applies when neither
-    is given). ``precision`` default: the file's, else fp32. ``meta`` gives the facts of a file exported by another tool (or overrides a
-    model's). ``calibration``: images (files, folders, globs) for int8, ``calibration_count`` of
-    them used.
+    is given). ``precision`` default: the file's, else fp32. ``meta`` gives the facts of a file
+    exported by another tool (or overrides a model's). ``calibration``: images (files, folders,
+    globs) for int8, ``calibration_count`` of them used.
     """
     if is_exported(source):
         if weights is not None:
@@ -655,9 +657,9 @@ def build_runner(
         model = load_model(str(source), weights, num_classes)
     if meta is not None:
         model.meta = meta
-    if runtime is None and precision is None and device == "cpu":
-        runtime, precision = default_cpu_path()
-    runtime = runtime or (default_cpu_path()[0] if device == "cpu" else "torch")
+    if runtime is None:
+        runtime, default_precision = default_cpu_path() if device == "cpu" else ("torch", "fp32")
+        precision = precision or default_precision
     precision = precision or "fp32"
     check_runtime(runtime, precision)
     if runtime == "torch":
