@@ -1,7 +1,7 @@
 """Weights on disk: lightseg's own formats and foreign layouts, all loaded strictly.
 
 This module only reads and writes state dicts; building a model from a name, a file or metadata
-is :mod:`lightseg.models.build`'s job. Formats:
+is :mod:`lightseg.models.build`'s job (it imports this module, never the other way round). Formats:
 
 - ``lightseg`` — safetensors weights with the model's :class:`~lightseg.meta.ModelMeta` as JSON
   under :data:`~lightseg.meta.META_KEY` (files written before it store ``model_name``,
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightseg.errors import CheckpointError
+from lightseg.errors import CheckpointError, ForeignCheckpointError
 from lightseg.meta import META_KEY, ModelMeta, model_meta
 from lightseg.weights import resolve_path
 
@@ -252,7 +252,7 @@ def _legacy_fields(header: Mapping[str, str], path: Path) -> dict[str, Any]:
     """Metadata of safetensors files written before :class:`ModelMeta` (separate keys)."""
     name = header.get("model_name")
     if header.get(FORMAT_KEY) != LIGHTSEG_FORMAT or not name:
-        raise CheckpointError(
+        raise ForeignCheckpointError(
             f"{path}: safetensors file without lightseg metadata ({META_KEY}); for weights of another "
             "layout use create_model(name, weights=path)"
         )
@@ -288,18 +288,8 @@ def read_checkpoint(path_or_url: str | os.PathLike) -> tuple[dict[str, Any], dic
         return _legacy_fields(header, path), tensors
     obj = _load_object(path)
     if not (isinstance(obj, dict) and obj.get(FORMAT_KEY) == TRAIN_FORMAT):
-        raise CheckpointError(
+        raise ForeignCheckpointError(
             f"{path}: not a lightseg checkpoint (safetensors with {META_KEY}, or a training checkpoint); "
             "for foreign layouts use create_model(name, weights=path)"
         )
     return _train_fields(obj, path), obj["model"]
-
-
-def __getattr__(name: str) -> Any:
-    # ``load_checkpoint`` builds a model, which is not this module's job; it lives in
-    # lightseg.models.build and stays importable from here for existing callers.
-    if name == "load_checkpoint":
-        from lightseg.models.build import load_checkpoint
-
-        return load_checkpoint
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -93,7 +93,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with the original's parameter groups (see ``engine/optim.py``)."""
+    """AdamW with the original's parameter groups (see ``training/optim.py``)."""
 
     lr: float = _f(1.2e-4, "base learning rate")
     betas: list = _f([0.9, 0.999], "AdamW betas")

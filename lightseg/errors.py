@@ -36,6 +36,11 @@ class CheckpointError(LightsegError, ValueError):
     """A checkpoint or weights file that cannot be read or does not fit the model."""
 
 
+class ForeignCheckpointError(CheckpointError):
+    """A readable checkpoint in a layout other than lightseg's own: it does not name its model, so it
+    loads only into a model built by name (``create_model(name, weights=path)``)."""
+
+
 class WeightsNotFoundError(CheckpointError, FileNotFoundError):
     """A weights file or URL that cannot be found or fetched; names it and the offline alternative."""
 

@@ -15,16 +15,16 @@ from helpers import trained_like_norms
 
 from lightseg import Segmenter, create_model, list_models, save_weights
 from lightseg.cli import main
-from lightseg.engine import backends
-from lightseg.engine.backends import FileRunner, OpenVinoSession, OrtSession, build_runner, exported_facts
-from lightseg.engine.export import (
-    CalibrationImages,
-    ExportInfo,
-    export_onnx,
-    onnx_to_openvino,
-)
-from lightseg.engine.postprocess import torch_threads, upsample_argmax
+from lightseg.deploy import cpu, export_cache
+from lightseg.deploy.calibration import CalibrationImages
+from lightseg.deploy.export_onnx import export_onnx
+from lightseg.deploy.export_openvino import onnx_to_openvino
+from lightseg.deploy.metadata import ExportInfo, exported_facts, read_meta_file
+from lightseg.deploy.runners import FileRunner, build_runner
+from lightseg.deploy.runners.onnxruntime import OrtSession
+from lightseg.deploy.runners.openvino import OpenVinoSession
 from lightseg.errors import InputError
+from lightseg.inference import torch_threads, upsample_argmax
 from lightseg.meta import ModelMeta
 
 pytest.importorskip("onnxruntime")
@@ -203,8 +203,8 @@ def test_implicit_exports_are_cached_by_content(monkeypatch):
     model = TinySeg()
     x = torch.randn(1, 3, 64, 64)
     calls = []
-    real = backends.export_model
-    monkeypatch.setattr(backends, "export_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = export_cache.export_model
+    monkeypatch.setattr(export_cache, "export_model", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = build_runner(model, runtime="onnxruntime")(x)
     again = build_runner(model, runtime="onnxruntime")(x)  # a new runner: the file comes from the cache
     assert len(calls) == 1 and torch.equal(first, again)
@@ -226,9 +226,9 @@ def test_implicit_exports_are_cached_by_content(monkeypatch):
 def test_default_cpu_path_is_openvino_bf16_only_with_amx(monkeypatch, flags, installed, path):
     """bf16 was measured 2.1x faster than fp32 on a CPU with AMX and slower than fp32 without it
     (AVX512-BF16 alone): the default follows the CPU, and asking for a runtime keeps fp32."""
-    monkeypatch.setattr(backends, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(backends, "_installed", lambda module: module in installed)
-    assert backends.default_cpu_path() == path
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu, "installed", lambda module: module in installed)
+    assert cpu.default_cpu_path() == path
     runner = build_runner(TinySeg())
     assert (runner.runtime, runner.precision) == path
     if path[0] != "torch":
@@ -244,7 +244,7 @@ def test_foreign_onnx_file_lists_the_missing_facts(tmp_path):
         Segmenter(path)
     # The facts passed by hand make it usable.
     (tmp_path / "meta.json").write_text(json.dumps({"name": "mine", "num_classes": 3}))
-    seg = Segmenter(path, meta=backends.read_meta_file(tmp_path / "meta.json"))
+    seg = Segmenter(path, meta=read_meta_file(tmp_path / "meta.json"))
     assert seg(np.zeros((64, 64, 3), np.uint8)).shape == (64, 64)
 
 
@@ -332,7 +332,7 @@ def test_openvino_leaves_the_threads_signal_stack_as_it_was(exported):
     """OpenVINO's CPU plugin installs an alternate signal stack it later frees; left in place, the
     next signal to a Python handler (SIGCHLD of a finished subprocess) killed the process with
     SIGSEGV. Compiling and running a model must leave the thread's own setting."""
-    from lightseg.engine import signal_stack
+    from lightseg.deploy import signal_stack
 
     before = signal_stack.current()
     if before is None:
@@ -361,7 +361,7 @@ def test_openvino_int8_runs_depthwise_convolutions_in_int8(tmp_path):
     CGRSeg-T). Folding is exact, and afterwards every convolution runs in int8."""
     import openvino as ov
 
-    from lightseg.engine.export import fold_constants, quantize_openvino_int8
+    from lightseg.deploy.export_openvino import fold_constants, quantize_openvino_int8
 
     torch.manual_seed(0)
     onnx_path = export_onnx(DepthwiseSeg().eval(), tmp_path / "dw.onnx", (64, 64))

@@ -178,7 +178,7 @@ PREFLIGHT_CASES = [
 
 @pytest.mark.parametrize(("tokens", "message"), PREFLIGHT_CASES, ids=[t[0] for t, _ in PREFLIGHT_CASES])
 def test_preflight_check_fires_before_any_step(small_folder, tmp_path, monkeypatch, tokens, message):
-    from lightseg.engine import train as train_mod
+    from lightseg.training import loop as train_mod
 
     def no_step(*a, **k):
         raise AssertionError("a training step ran")
@@ -194,7 +194,7 @@ def test_preflight_check_fires_before_any_step(small_folder, tmp_path, monkeypat
 
 
 def test_preflight_device_output_dir_and_yaml(small_folder, tmp_path, monkeypatch):
-    from lightseg.engine import train as train_mod
+    from lightseg.training import loop as train_mod
 
     monkeypatch.setattr(train_mod, "_train_step", lambda *a, **k: pytest.fail("a training step ran"))
     if not torch.cuda.is_available():
@@ -255,8 +255,8 @@ class TinySeg(torch.nn.Module):
 def test_multiscale_tta_equals_hand_rolled_average_from_the_original(tmp_path: Path) -> None:
     from lightseg.config import EvalConfig
     from lightseg.data.transforms import Normalize, build_eval_transform, rescale_size, resize_image
-    from lightseg.engine.evaluate import evaluate
-    from lightseg.engine.inference import forward_whole, predict_probs
+    from lightseg.evaluation import evaluate
+    from lightseg.inference import forward_whole, predict_probs
 
     torch.manual_seed(0)
     model = TinySeg().eval()
@@ -361,7 +361,7 @@ def test_recipe_free_run_trains_evaluates_and_shows_the_model(shared_data, tmp_p
     assert json.loads(capsys.readouterr().out)["per_class"].keys() == set(NAMES)
 
     # the same command again would get a new directory and leave this run untouched
-    from lightseg.engine.preflight import resolve_work_dir
+    from lightseg.training.preflight import resolve_work_dir
 
     again, note = resolve_work_dir(load_config(run / "config.yaml", ["--run.work_dir", ""]))
     assert again == Path("runs/cgrseg_t_street_2") and "runs/cgrseg_t_street holds another run" in note

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightseg.engine.inference import forward_whole, predict_probs, slide_windows
+from lightseg.inference import forward_whole, predict_probs, slide_windows
 
 
 class TinySeg(nn.Module):

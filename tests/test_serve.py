@@ -374,7 +374,7 @@ def test_an_exported_openvino_file_is_served_with_its_own_facts(checkpoint, tmp_
     """The file `lightseg export` wrote is served as it is: its runtime, its fixed input size, its
     classes and palette; labels equal the Segmenter's on the same file."""
     pytest.importorskip("openvino")
-    from lightseg.engine.export import export_model
+    from lightseg.deploy.export import export_model
 
     xml = export_model(load_checkpoint(checkpoint).eval(), tmp_path / "m.xml", (64, 96), "openvino")
     backend = load_backend(xml)  # the CLI's default runtime (torch) gives way to the file's own

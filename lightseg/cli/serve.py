@@ -8,7 +8,7 @@ import sys
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    from lightseg.engine.backends import PRECISIONS, RUNTIMES
+    from lightseg.deploy.formats import PRECISIONS, RUNTIMES
 
     p.add_argument(
         "model",
@@ -19,11 +19,14 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--weights", default=None, help="weights for a registered model name (any layout predict reads)"
     )
     p.add_argument(
-        "--runtime", choices=RUNTIMES, default="torch", help="default: torch (an exported file: its own)"
+        "--runtime",
+        choices=list(RUNTIMES),
+        default="torch",
+        help="default: torch (an exported file: its own)",
     )
     p.add_argument(
         "--precision",
-        choices=sorted({x for ps in PRECISIONS.values() for x in ps}),
+        choices=PRECISIONS,
         default=None,
         help="default: fp32 (a file: its own)",
     )
@@ -48,17 +51,14 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
     try:
         import uvicorn
 
+        from lightseg.deploy.options import RunnerOptions
         from lightseg.serve import Limits, create_app, load_backend
     except ImportError as e:
         print(f"lightseg serve needs the serve extra: pip install 'lightseg[serve]' ({e})", file=sys.stderr)
         return 2
     limits = Limits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
     backend = load_backend(
-        args.model,
-        runtime=args.runtime,
-        precision=args.precision,
-        weights=args.weights,
-        threads=args.threads,
+        args.model, RunnerOptions(args.runtime, args.precision, threads=args.threads), weights=args.weights
     )
     app = create_app(backend, limits, max_batch=args.max_batch, max_queue=args.max_queue)
     if not _is_loopback(args.host):

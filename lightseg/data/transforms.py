@@ -22,8 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightseg.data.base import IGNORE_INDEX
-from lightseg.meta import IMAGENET_MEAN, IMAGENET_STD  # ImageNet statistics, RGB, 0..255; re-exported
+from lightseg.meta import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)  # ImageNet statistics, RGB, 0..255; re-exported
 
 Sample = dict[str, Any]
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)

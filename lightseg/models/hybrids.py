@@ -6,6 +6,9 @@ combination is just a row of :data:`HYBRIDS`: a registered backbone, a head and 
 None of these models comes from a paper; they exist for comparisons. ``create_model(name,
 pretrained=True)`` starts the backbone from its ImageNet weights (:mod:`lightseg.weights`).
 
+Each is registered under its head's family (``cgrseg`` or ``frm``): the head decides the recipe
+(learning rate, output stride), the backbone is named separately.
+
 Head configurations (ours): the CGRSeg head is the CGRSeg-T head (C=128, 5 context RCMs, strip
 kernel 11) on the last three maps (strides 8/16/32); the FRM head is the light setting of
 ``frm_van_b0`` (D=256, E=128) on all four maps (output stride 4).
@@ -75,7 +78,7 @@ def build_hybrid(
     return build_cgrseg(backbone, num_classes, head_cfg)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["cgrseg_van_b0"].backbone)
+@register_model(kind="segmentor", family="cgrseg", backbone=HYBRIDS["cgrseg_van_b0"].backbone)
 def cgrseg_van_b0(
     num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
@@ -83,7 +86,7 @@ def cgrseg_van_b0(
     return build_hybrid("cgrseg_van_b0", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["cgrseg_effnetlite0"].backbone)
+@register_model(kind="segmentor", family="cgrseg", backbone=HYBRIDS["cgrseg_effnetlite0"].backbone)
 def cgrseg_effnetlite0(
     num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
@@ -91,7 +94,7 @@ def cgrseg_effnetlite0(
     return build_hybrid("cgrseg_effnetlite0", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["frm_efficientformerv2_s1"].backbone)
+@register_model(kind="segmentor", family="frm", backbone=HYBRIDS["frm_efficientformerv2_s1"].backbone)
 def frm_efficientformerv2_s1(
     num_classes: int = 19, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
@@ -99,7 +102,7 @@ def frm_efficientformerv2_s1(
     return build_hybrid("frm_efficientformerv2_s1", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["frm_effnetlite0"].backbone)
+@register_model(kind="segmentor", family="frm", backbone=HYBRIDS["frm_effnetlite0"].backbone)
 def frm_effnetlite0(
     num_classes: int = 19, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:

@@ -11,10 +11,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from lightseg.deploy.formats import is_exported
+from lightseg.deploy.options import RunnerOptions
+from lightseg.deploy.segmenter import Segmenter
 from lightseg.errors import ConfigError, WeightsNotFoundError
 
 # The server's batcher decides batch sizes: the segmenter never splits a batch it is given.
@@ -54,19 +58,20 @@ class Backend:
 
 def load_backend(
     source: nn.Module | str | os.PathLike,
+    options: RunnerOptions | None = None,
     *,
-    runtime: str | None = "torch",
-    precision: str | None = None,
     weights: str | os.PathLike | None = None,
-    threads: int | None = None,
+    **option_fields: Any,
 ) -> Backend:
     """A :class:`Backend` for a model object, a lightseg checkpoint, an exported ``.onnx`` / ``.xml``
     file, or a registered model name with ``weights`` (any layout ``lightseg predict`` reads).
 
-    ``runtime`` ``None`` means an exported file's own runtime, else the CPU default path."""
-    from lightseg.engine.backends import is_exported
-    from lightseg.engine.segmenter import Segmenter
-
+    ``options`` (or its fields as keywords) as for ``lightseg predict``; without them the runtime is
+    eager torch for a model and the file's own for an exported file (``runtime=None``: the CPU
+    default path)."""
+    if options is None:
+        option_fields.setdefault("runtime", "torch")
+    options = RunnerOptions.of(options, **option_fields)
     if isinstance(source, nn.Module):
         source = source.eval()
     elif not is_exported(source) and not Path(source).is_file():
@@ -76,17 +81,9 @@ def load_backend(
             raise ConfigError(
                 f"{source}: not a file; to serve a registered model name give its weights with --weights FILE"
             )
-    if is_exported(source) and runtime == "torch":
-        runtime = None  # an exported file runs on its own runtime
-    seg = Segmenter(
-        source,
-        runtime=runtime,
-        precision=precision,
-        weights=weights,
-        optimize="fold-bn" if runtime == "torch" else "none",
-        threads=threads,
-        batch_size=BATCH_ANY,
-    )
+    if is_exported(source) and options.runtime == "torch":
+        options = options.replace(runtime=None)  # an exported file runs on its own runtime
+    seg = Segmenter(source, options, weights=weights, batch_size=BATCH_ANY)
     info = ModelInfo(
         name=seg.meta.name,
         classes=tuple(seg.classes),
@@ -94,12 +91,6 @@ def load_backend(
         runtime=seg.runtime,
         precision=seg.precision,
         size_divisor=seg.runner.size_divisor,
-        input_size=_fixed_input_size(seg.runner),
+        input_size=seg.runner.input_size,
     )
     return Backend(seg, info)
-
-
-def _fixed_input_size(runner) -> tuple[int, int] | None:
-    """The static input size of an exported graph; ``None`` where any padded size runs."""
-    info = getattr(runner, "info", None)
-    return tuple(int(v) for v in info.input_size) if info is not None else None

@@ -1,12 +1,13 @@
 """Latency benchmarks (``lightseg bench``): time one inference path, in this or a fresh process.
 
-Every result says what the timed graph contains (``output``, :data:`OUTPUTS`):
+Every result says what was timed (``output``, :data:`~lightseg.deploy.formats.TIMED_OUTPUTS`):
 - ``logits``: the model's logits at its output stride (8 for CGRSeg), nothing else;
 - ``logits-full``: plus bilinear upsampling to the input size (K x H x W);
 - ``argmax``: labels at full resolution = argmax of ``logits-full``, computed from the stride-s
-  logits by :func:`lightseg.engine.postprocess.upsample_argmax` (timed);
+  logits by :func:`lightseg.inference.upsample_argmax` (timed);
 - ``argmax-graph``: the same labels computed inside the graph (upsample + argmax, uint8).
-Runners come from :mod:`lightseg.engine.backends`.
+A path is a :class:`~lightseg.deploy.options.RunnerOptions` (runtime, precision, optimize, threads,
+...) plus the output; runners are those of :mod:`lightseg.deploy.runners`.
 """
 
 from __future__ import annotations
@@ -28,21 +29,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightseg.engine.backends import (
-    EXPORTED_SUFFIXES,
-    RUNTIME_FORMAT,
-    FileRunner,
-    TorchRunner,
-    cached_export,
-    check_runtime,
-    cpu_flags,
-    exported_facts,
-    is_exported,
-)
-from lightseg.engine.export import CalibrationImages
-from lightseg.engine.postprocess import upsample_argmax
+from lightseg.deploy.calibration import calibration_for
+from lightseg.deploy.cpu import cpu_flags
+from lightseg.deploy.export_cache import cached_export
+from lightseg.deploy.formats import EXPORTED_SUFFIXES, RUNTIMES, TIMED_OUTPUTS, check_runtime, is_exported
+from lightseg.deploy.metadata import exported_facts
+from lightseg.deploy.options import RunnerOptions
+from lightseg.deploy.runners import FileRunner, TorchRunner
 from lightseg.errors import ConfigError
+from lightseg.inference import upsample_argmax
 from lightseg.meta import model_meta
+from lightseg.models.build import load_model
 
 
 def environment(threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -135,31 +132,30 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
-# What each output kind needs the graph to return (``argmax`` adds upsample_argmax outside it).
-OUTPUTS = {"logits": "logits", "logits-full": "logits-full", "argmax": "logits", "argmax-graph": "argmax"}
-
-
 def export_path(
     model: nn.Module,
     size: Sequence[int],
     batch: int = 1,
     *,
-    runtime: str,
-    optimize: str = "fold-bn",
     output: str = "logits",
-    precision: str = "fp32",
-    calibration: CalibrationImages | None = None,
     opset: int | None = None,
-    onnx_path: str | os.PathLike | None = None,
+    options: RunnerOptions | None = None,
+    **option_fields: Any,
 ) -> Path:
     """The file an ``onnxruntime``/``openvino`` path runs (see :func:`make_runner`), exported (and
-    quantised) once into ``onnx_path`` or the export cache. A parent that times paths in fresh
-    processes calls this first, so that the children find the file and only run."""
-    check_runtime(runtime, precision)
+    quantised on ``options.calibration``) once into ``options.cache_dir`` or the export cache. A
+    parent that times paths in fresh processes calls this first, so that the children find the
+    file and only run."""
+    o = RunnerOptions.of(options, **option_fields)
+    precision = o.precision or "fp32"
+    check_runtime(o.runtime, precision)
+    calib = None
+    if precision == "int8":
+        calib = calibration_for(o.calibration, size, model_meta(model), o.calibration_count)
     return cached_export(
-        model, RUNTIME_FORMAT[runtime], size, precision=precision, calibration=calibration,
-        optimize=optimize, output=OUTPUTS[output], batch=batch,
-        opset=opset or (None if optimize == "none" else 20), cache_dir=onnx_path,
+        model, RUNTIMES[o.runtime].export_format, size, precision=precision, calibration=calib,
+        optimize=o.optimize, output=TIMED_OUTPUTS[output], batch=batch,
+        opset=opset or (None if o.optimize == "none" else 20), cache_dir=o.cache_dir,
     )  # fmt: skip
 
 
@@ -168,39 +164,40 @@ def make_runner(
     size: Sequence[int],
     batch: int = 1,
     *,
-    runtime: str = "torch",
-    optimize: str = "fold-bn",
     output: str = "logits",
-    threads: int | None = None,
-    device: str = "cpu",
-    precision: str = "fp32",
-    onnx_path: str | os.PathLike | None = None,
-    calibration: CalibrationImages | None = None,
     opset: int | None = None,
+    options: RunnerOptions | None = None,
+    **option_fields: Any,
 ) -> Callable[[torch.Tensor], Any]:
-    """A function ``run(x)`` computing ``output`` for a batch ``x`` with the chosen path.
+    """A function ``run(x)`` computing ``output`` for a batch ``x`` on the path ``options`` (or its
+    fields as keywords) describes; the runtime defaults to ``torch``.
 
     ``model``: a model, or an exported ``.onnx``/``.xml`` file (then ``runtime`` must be one that
     runs it; ``size``, ``optimize`` and ``precision`` are the file's). For a model on
-    ``onnxruntime``/``openvino`` the graph is exported (and for int8 quantised on
-    ``calibration``) once into ``onnx_path`` (default: the export cache), keyed by content, so a
-    benchmark can export in one process and time in others. ``optimize``: ``none`` exports the
-    model as it is with ``torch.onnx.export``'s defaults (the naive baseline); otherwise BN folded,
-    attention biases fixed, opset 20. ``opset`` overrides the ONNX opset of either export.
+    ``onnxruntime``/``openvino`` the graph is exported (and for int8 quantised) once into
+    ``cache_dir`` (default: the export cache), keyed by content, so a benchmark can export in one
+    process and time in others. ``optimize``: ``none`` exports the model as it is with
+    ``torch.onnx.export``'s defaults (the naive baseline); otherwise BN folded, attention biases
+    fixed, opset 20. ``opset`` overrides the ONNX opset of either export.
     """
-    if output not in OUTPUTS:
-        raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+    if output not in TIMED_OUTPUTS:
+        raise ConfigError(f"output must be one of {', '.join(TIMED_OUTPUTS)}; got {output!r}")
+    o = RunnerOptions.of(options, **option_fields)
     h, w = int(size[0]), int(size[1])
     if is_exported(model):
-        runner: Any = FileRunner(model, runtime, precision, threads=threads)
-    elif runtime == "torch":
-        runner = TorchRunner(model, optimize, precision, size=(h, w), output=OUTPUTS[output], device=device)
+        runner: Any = FileRunner(model, o.runtime, o.precision, threads=o.threads)
+    elif o.runtime in (None, "torch"):
+        runner = TorchRunner(
+            model,
+            o.optimize,
+            o.precision or "fp32",
+            size=(h, w),
+            output=TIMED_OUTPUTS[output],
+            device=o.device,
+        )
     else:
-        path = export_path(
-            model, (h, w), batch, runtime=runtime, optimize=optimize, output=output, precision=precision,
-            calibration=calibration, opset=opset, onnx_path=onnx_path,
-        )  # fmt: skip
-        runner = FileRunner(path, runtime, precision, threads)
+        path = export_path(model, (h, w), batch, output=output, opset=opset, options=o)
+        runner = FileRunner(path, o.runtime, o.precision or "fp32", o.threads)
     if output == "argmax":
         return lambda x: upsample_argmax(runner(x), (h, w))
     return runner
@@ -211,54 +208,53 @@ def bench(
     size: Sequence[int] = (512, 512),
     batch: int = 1,
     *,
-    runtime: str = "torch",
-    optimize: str = "fold-bn",
     output: str = "logits",
-    threads: int | None = None,
-    device: str = "cpu",
-    precision: str | None = None,
+    opset: int | None = None,
     warmup: int = 3,
     runs: int = 20,
     inputs: torch.Tensor | None = None,
-    **runner_kwargs: Any,
+    options: RunnerOptions | None = None,
+    **option_fields: Any,
 ) -> dict[str, Any]:
     """Time one path; returns a result dict (latencies, images/s, peak memory, what was timed).
 
     ``model`` may be an exported file: then its own size, optimisation and precision are timed
     (``precision`` may switch an OpenVINO file between fp32 and bf16)."""
-    if threads:
-        torch.set_num_threads(threads)
+    o = RunnerOptions.of(options, **option_fields)
+    if o.threads:
+        torch.set_num_threads(o.threads)
     if is_exported(model):
         _meta, info = exported_facts(model)
-        name, size, optimize = str(model), info.input_size, info.optimize
-        runtime = runtime if runtime != "torch" else EXPORTED_SUFFIXES[Path(model).suffix]
-        precision = precision or info.precision
+        name, size = str(model), info.input_size
+        o = o.replace(
+            runtime=o.runtime or EXPORTED_SUFFIXES[Path(model).suffix],
+            optimize=info.optimize,
+            precision=o.precision or info.precision,
+        )
         if info.batch:
             batch = info.batch
     else:
-        name, precision = model_meta(model).name, precision or "fp32"
-    run = make_runner(
-        model, size, batch, runtime=runtime, optimize=optimize, output=output, threads=threads,
-        device=device, precision=precision, **runner_kwargs,
-    )  # fmt: skip
+        name = model_meta(model).name
+        o = o.replace(runtime=o.runtime or "torch", precision=o.precision or "fp32")
+    run = make_runner(model, size, batch, output=output, opset=opset, options=o)
     x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
-    x = x.to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else None
-    if device == "cuda":
+    x = x.to(o.device)
+    sync = torch.cuda.synchronize if o.device == "cuda" else None
+    if o.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = time_fn(lambda: run(x), warmup, runs, sync)
-    mem = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else peak_rss_mb()
+    mem = round(torch.cuda.max_memory_allocated() / 2**20, 1) if o.device == "cuda" else peak_rss_mb()
     return {
         "model": name,
         "size": f"{int(size[0])}x{int(size[1])}",
         "batch": batch,
-        "runtime": runtime,
-        "optimize": optimize,
-        "precision": precision,
+        "runtime": o.runtime,
+        "optimize": o.optimize,
+        "precision": o.precision,
         "output": output,
         **summarize(times, batch),
         "peak_mem_mb": mem,
-        "peak_mem_kind": "cuda max allocated" if device == "cuda" else "process peak RSS",
+        "peak_mem_kind": "cuda max allocated" if o.device == "cuda" else "process peak RSS",
         "times_ms": [round(t * 1e3, 3) for t in times],
     }
 
@@ -271,15 +267,16 @@ def bench_in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
     Runtime) or memory of this process affects it, and its peak memory is its own.
 
     ``spec``: ``model`` (registered name or exported file), ``num_classes``, optional ``weights``,
-    ``size``, ``batch``, ``threads``, ``device``, ``warmup``, ``runs``, optional ``calibration``
-    (``{"inputs": [...], "count": n}``) and ``runner``: the path as :func:`make_runner` keywords
-    (``runtime``, ``optimize``, ``output``, ``precision``, ``opset``, ``onnx_path``). The parent
-    exports (and calibrates) first, so the child finds its graph in ``onnx_path``.
+    ``size``, ``batch``, ``warmup``, ``runs``, ``output``, optional ``opset`` and ``options``: the
+    path as :class:`~lightseg.deploy.options.RunnerOptions` fields (``runtime``, ``precision``,
+    ``optimize``, ``threads``, ``device``, ``calibration``, ``calibration_count``, ``cache_dir``).
+    The parent exports (and calibrates) first, so the child finds its graph in ``cache_dir``.
     """
-    cmd = [sys.executable, "-m", "lightseg.engine.bench", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "lightseg.deploy.bench", json.dumps(spec)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        what = " ".join(f"{k}={v}" for k, v in spec["runner"].items() if k != "onnx_path")
+        path = {**spec.get("options", {}), "output": spec.get("output")}
+        what = " ".join(f"{k}={v}" for k, v in path.items() if v is not None and k != "cache_dir")
         raise RuntimeError(f"benchmarking {spec['model']} ({what}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -312,28 +309,19 @@ def bench_isolated(
 
 def _bench_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The child side of :func:`bench_in_fresh_process`."""
-    from lightseg.engine.backends import load_model
-
-    runner = dict(spec["runner"])
     model: Any = spec["model"]
     if not is_exported(model):
         torch.manual_seed(0)  # random-init weights are the same in every process
         model = load_model(model, spec.get("weights"), spec.get("num_classes"))
-        calib = spec.get("calibration")
-        if calib:  # identifies the parent's INT8 file in the cache; the images are not read again
-            meta = model_meta(model)
-            runner["calibration"] = CalibrationImages(
-                calib["inputs"], spec["size"], meta.mean, meta.std, calib["count"]
-            )
     return bench(
         model,
         spec["size"],
         spec.get("batch", 1),
-        threads=spec.get("threads"),
-        device=spec.get("device", "cpu"),
+        output=spec.get("output", "logits"),
+        opset=spec.get("opset"),
         warmup=spec["warmup"],
         runs=spec["runs"],
-        **runner,
+        options=RunnerOptions.from_dict(spec.get("options", {})),
     )
 
 

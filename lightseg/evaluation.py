@@ -1,7 +1,8 @@
-"""Evaluation over a whole split: ``lightseg eval RECIPE --weights W [--format json]``.
+"""Evaluation over a whole split: the metric loop behind ``lightseg eval`` and training's periodic
+evaluation.
 
 Each image is resized as the recipe's test pipeline says (the mask stays at its original size),
-run through :func:`lightseg.engine.inference.predict_probs` (whole or slide, optional multi-scale
+run through :func:`lightseg.inference.predict_probs` (whole or slide, optional multi-scale
 + flip), and the argmax at the original size is accumulated into one confusion matrix over the
 split. Under DDP every process takes every ``world``-th image and the matrices are
 summed, so the figures equal a single-process run.
@@ -9,7 +10,6 @@ summed, so the figures equal a single-process run.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +22,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightseg.config import Config, EvalConfig
-from lightseg.engine.inference import average_probs, predict_probs
-from lightseg.metrics import SegMetrics, format_table
+from lightseg.inference import average_probs, predict_probs
+from lightseg.meta import IGNORE_INDEX
+from lightseg.metrics import SegMetrics
 
 # Cityscapes trainId (0..18) -> labelId, the ids the test server expects (cityscapesScripts labels.py).
 CITYSCAPES_TRAINID_TO_LABELID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
@@ -79,7 +80,7 @@ def evaluate(
     num_classes = int(getattr(dataset, "num_classes", 0) or model.num_classes)
     metrics = SegMetrics(
         num_classes,
-        int(getattr(dataset, "ignore_index", 255)),
+        int(getattr(dataset, "ignore_index", IGNORE_INDEX)),
         list(getattr(dataset, "classes", []) or []) or None,
     )
     for i in tqdm(_shard(len(dataset)), desc="eval", disable=not progress, leave=False, unit="img"):
@@ -139,59 +140,3 @@ def json_ready(result: dict) -> dict:
         return None if isinstance(v, float) and math.isnan(v) else v
 
     return fix(result)
-
-
-def run_eval(
-    cfg: Config,
-    weights: str,
-    fmt: str = "table",
-    split: str | None = None,
-    cityscapes_out: str | None = None,
-    *,
-    runtime: str | None = None,
-    precision: str | None = None,
-    meta_file: str | None = None,
-) -> dict:
-    """The ``lightseg eval`` verb: build the split and the model, load ``weights``, evaluate, print.
-
-    ``weights``: a checkpoint (run by torch unless ``runtime`` says otherwise) or an exported
-    ``.onnx`` / ``.xml`` file (run by its runtime; its class count must match the dataset's).
-    """
-    from lightseg.engine.backends import build_runner, is_exported, read_meta_file
-    from lightseg.engine.runtime import init_distributed
-    from lightseg.errors import ConfigError
-    from lightseg.models.registry import create_model
-
-    info, device = init_distributed(cfg.run.device)
-    dataset = build_eval_dataset(cfg, split or cfg.data.val_split)
-    amp_dtype = None
-    if is_exported(weights) or runtime not in (None, "torch"):
-        meta = read_meta_file(meta_file) if meta_file else None
-        if is_exported(weights):
-            model = build_runner(weights, runtime=runtime, precision=precision, meta=meta)
-        else:
-            m = cfg.model
-            net = create_model(m.name, num_classes=dataset.num_classes, weights=weights, **m.kwargs)
-            model = build_runner(net, runtime=runtime, precision=precision, meta=meta)
-        if model.num_classes != dataset.num_classes:
-            raise ConfigError(
-                f"{weights}: the model has {model.num_classes} classes, the {cfg.data.dataset} split "
-                f"{dataset.num_classes}: evaluate it on the dataset it was trained for"
-            )
-    else:
-        m = cfg.model
-        model = create_model(m.name, num_classes=dataset.num_classes, weights=weights, **m.kwargs).to(device)
-        if precision == "bf16":
-            amp_dtype = torch.bfloat16
-        elif precision not in (None, "fp32"):
-            raise ConfigError(
-                f"--precision {precision} runs with --runtime onnxruntime or openvino, not torch"
-            )
-    hook = cityscapes_writer(cityscapes_out) if cityscapes_out else None
-    result = evaluate(
-        model, dataset, cfg.eval, device, amp_dtype=amp_dtype, progress=info.is_main and fmt != "json",
-        on_prediction=hook,
-    )  # fmt: skip
-    if info.is_main:
-        print(json.dumps(json_ready(result), indent=1) if fmt == "json" else format_table(result))
-    return result

@@ -2,7 +2,7 @@
 
 Full-resolution labels are defined as ``argmax_k`` of the logits bilinearly upsampled
 (align_corners=False) from the model's output stride to the padded input size, then cropped to the
-image — exactly what :func:`lightseg.engine.inference.forward_whole` computes.
+image — exactly what :func:`lightseg.inference.forward_whole` computes.
 :func:`upsample_argmax` gets the same labels without building the K x H x W upsampled logits.
 """
 
@@ -13,7 +13,8 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from lightseg.inference.passes import resize_logits
 
 # torch's intra-op thread count belongs to the calling thread in torch's CPU builds (an OpenMP
 # setting: a worker thread that lowers it leaves the main thread's count alone), so a scope saves
@@ -160,5 +161,5 @@ def upsample_argmax(
                 return _cell_argmax(logits, low, s, chunk)[:, : keep[0], : keep[1]]
             return _pixel_argmax(logits, big, keep, chunk * 64)
     # Label changes almost everywhere (e.g. an untrained model): the direct way is faster.
-    up = F.interpolate(logits, size=big, mode="bilinear", align_corners=False)
+    up = resize_logits(logits, big)
     return up[:, :, : keep[0], : keep[1]].argmax(1)

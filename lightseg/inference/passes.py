@@ -1,4 +1,5 @@
-"""Inference around a segmentor: padding, whole-image and sliding-window passes, multi-scale + flip TTA.
+"""Passes of a segmentor over an image: padding, whole-image and sliding-window passes, multi-scale +
+flip TTA, and the one bilinear resize of logits that training, evaluation and deployment share.
 
 The model's ``forward(x)`` takes N x 3 x H x W with sides divisible by ``model.size_divisor`` and
 returns logits at its output stride. Everything else lives here, following mmseg 0.x (the code both
@@ -17,10 +18,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightseg.errors import ConfigError, InputError
-from lightseg.losses import resize_logits
+
+MODES = ("whole", "slide")
 
 
-def _divisor(model: nn.Module) -> int:
+def check_mode(mode: str) -> None:
+    """An inference mode is ``whole`` or ``slide``; anything else is a ConfigError naming both."""
+    if mode not in MODES:
+        raise ConfigError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+
+
+def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of N x K x h x w logits to ``size`` — how both papers'
+    code brings logits to the label size, for the loss and for predictions alike."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def size_divisor(model: nn.Module) -> int:
     """The multiple input sides must have; every segmentor (and runner standing in for one) states
     it, so a model without one is refused rather than run unpadded."""
     if not hasattr(model, "size_divisor"):
@@ -44,7 +61,7 @@ def forward_whole(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Pads to the model's multiple, runs the model, upsamples to the padded size, crops back.
     """
     h, w = x.shape[-2:]
-    xp = pad_to_multiple(x, _divisor(model))
+    xp = pad_to_multiple(x, size_divisor(model))
     logits = resize_logits(model(xp), tuple(xp.shape[-2:]))
     return logits[..., :h, :w]
 
@@ -83,7 +100,7 @@ def forward_slide(
 def _num_classes(model: nn.Module) -> int:
     k = getattr(model, "num_classes", None)
     if k is None:
-        raise ValueError("slide inference needs model.num_classes")
+        raise InputError(f"{type(model).__name__} has no num_classes: slide inference needs a segmentor")
     return int(k)
 
 
@@ -101,8 +118,7 @@ def average_probs(
     """Softmax probabilities N x K x H' x W' averaged over ``inputs`` (one normalised batch per
     scale, each made from the original image) and, with ``flip``, their mirror images (mmseg's
     aug_test). Each pass's logits are resized to ``out_size`` before the softmax."""
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    check_mode(mode)
     out_size = tuple(out_size)
     total = None
     passes = 0
@@ -155,8 +171,7 @@ def predict_probs(
             resize of it, as in mmseg (evaluation uses ``MultiScaleResize`` for the same from uint8
             pixels). The softmax probabilities of all passes are averaged (:func:`average_probs`).
     """
-    if mode not in ("whole", "slide"):
-        raise ConfigError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+    check_mode(mode)
     h, w = image.shape[-2:]
     out_size = tuple(out_size) if out_size is not None else (h, w)
     inputs = [

@@ -2,25 +2,26 @@
 
 Full-resolution labels are ``argmax_k`` of the logits bilinearly upsampled (align_corners=False) from
 the model's output stride to the padded input size, cropped to the image. On the fast path (whole
-image, one scale, no flip) :func:`~lightseg.engine.postprocess.upsample_argmax` computes them without
-the K x H x W upsampled logits; multi-scale, flip and sliding-window inference go through
-:func:`lightseg.engine.inference.predict_probs` (softmax averaged over passes).
+image, one scale, no flip) :func:`~lightseg.inference.upsample_argmax` computes them without the
+K x H x W upsampled logits; multi-scale, flip and sliding-window inference go through
+:func:`lightseg.inference.predict_probs` (softmax averaged over passes).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lightseg.engine.backends import build_runner
-from lightseg.engine.inference import pad_to_multiple, predict_probs
-from lightseg.engine.media import ImageLike, to_rgb_array
-from lightseg.engine.postprocess import upsample_argmax
+from lightseg.deploy.media import ImageLike, to_rgb_array
+from lightseg.deploy.options import RunnerOptions
+from lightseg.deploy.runners import build_runner
 from lightseg.errors import InputError
+from lightseg.inference import check_mode, pad_to_multiple, predict_probs, upsample_argmax
 from lightseg.meta import ModelMeta
 
 
@@ -34,12 +35,13 @@ class Segmenter:
     Images are RGB in 0..255: numpy H x W x 3, PIL, or torch 3 x H x W; any size (padded to the
     model's multiple, cropped back). ``predict_probs`` returns K x H x W class probabilities.
 
-    ``runtime``: ``torch``, ``onnxruntime`` or ``openvino``; default: an exported file's own, else
-    the CPU default path (OpenVINO bf16 on a CPU with AMX, else ONNX Runtime fp32 when installed:
-    :func:`~lightseg.engine.backends.default_cpu_path`, docs/deploy.md). ``precision``:
-    ``fp32``, ``bf16`` (torch, openvino) or ``int8`` (onnxruntime, openvino; needs
-    ``calibration=`` real images unless the file is already int8). ``meta`` supplies the facts of
-    a file exported by another tool; ``classes``/``palette`` override the model's.
+    How it runs: ``options`` (a :class:`~lightseg.deploy.options.RunnerOptions`) or its fields as
+    keywords — ``runtime``: ``torch``, ``onnxruntime`` or ``openvino``; default: an exported file's
+    own, else the CPU default path (:func:`~lightseg.deploy.cpu.default_cpu_path`, docs/deploy.md).
+    ``precision``: ``fp32``, ``bf16`` (torch, openvino) or ``int8`` (onnxruntime, openvino; needs
+    ``calibration=`` real images unless the file is already int8); ``optimize``, ``threads``,
+    ``calibration_count``, ``cache_dir``, ``device``. ``meta`` supplies the facts of a file
+    exported by another tool; ``classes``/``palette`` override the model's.
 
     ``seg.meta`` (:class:`~lightseg.meta.ModelMeta`), ``seg.runtime``, ``seg.precision`` say what
     runs. Calls from several threads at once are safe: the runner and the label computation keep
@@ -49,15 +51,10 @@ class Segmenter:
     def __init__(
         self,
         model: nn.Module | str | os.PathLike,
+        options: RunnerOptions | None = None,
         *,
-        runtime: str | None = None,
-        precision: str | None = None,
         weights: str | os.PathLike | None = None,
         num_classes: int | None = None,
-        optimize: str = "fold-bn",
-        threads: int | None = None,
-        calibration: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
-        calibration_count: int = 32,
         meta: ModelMeta | None = None,
         mode: str = "whole",
         crop_size: Sequence[int] = (512, 512),
@@ -67,13 +64,16 @@ class Segmenter:
         batch_size: int = 1,
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
-        cache_dir: str | os.PathLike | None = None,
+        **option_fields: Any,
     ):
+        check_mode(mode)
         self.runner = build_runner(
-            model, runtime=runtime, precision=precision, weights=weights, num_classes=num_classes,
-            optimize=optimize, threads=threads, meta=meta, calibration=calibration,
-            calibration_count=calibration_count, cache_dir=cache_dir,
-        )  # fmt: skip
+            model,
+            RunnerOptions.of(options, **option_fields),
+            weights=weights,
+            num_classes=num_classes,
+            meta=meta,
+        )
         changes = {k: v for k, v in (("classes", classes), ("palette", palette)) if v is not None}
         self.meta: ModelMeta = self.runner.meta.replace(**changes) if changes else self.runner.meta
         self.runtime, self.precision = self.runner.runtime, self.runner.precision

@@ -17,21 +17,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from lightseg.data.base import IGNORE_INDEX
+from lightseg.meta import default_palette
+from lightseg.visualize import label_to_rgb
 
 ROW_HEIGHT = 160  # pixels of one sample row in the grid
 # A perceptually ordered dark-to-bright ramp (viridis anchors) for the confusion matrix.
 _RAMP = np.array(
     [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
 )
-
-
-def colourise(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """H x W class ids -> H x W x 3 uint8 in ``palette``; ignore (255) and unknown ids black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:IGNORE_INDEX]
-    lut[: len(pal)] = pal
-    return lut[np.clip(labels, 0, 255).astype(np.uint8)]
 
 
 def _ramp(values: np.ndarray) -> np.ndarray:
@@ -81,8 +74,8 @@ def sample_grid(
     for image, gt, pred in rows:
         panels = [
             _fit_height(image, ROW_HEIGHT, nearest=False),
-            _fit_height(colourise(gt, palette), ROW_HEIGHT, nearest=True),
-            _fit_height(colourise(pred, palette), ROW_HEIGHT, nearest=True),
+            _fit_height(label_to_rgb(gt, palette), ROW_HEIGHT, nearest=True),
+            _fit_height(label_to_rgb(pred, palette), ROW_HEIGHT, nearest=True),
         ]
         sep = np.full((ROW_HEIGHT, gap, 3), 255, dtype=np.uint8)
         lines.append(np.concatenate([panels[0], sep, panels[1], sep, panels[2]], axis=1))
@@ -126,12 +119,6 @@ class EvalSummaries:
             for index, pred in self.predictions:
                 image, gt = self.dataset.load(index)
                 rows.append((image, gt, pred))
-            palette = getattr(self.dataset, "palette", None) or _fallback_palette(len(names))
+            palette = getattr(self.dataset, "palette", None) or default_palette(len(names))
             self.writer.add_image("val/samples", sample_grid(rows, palette), iteration, dataformats="HWC")
         self.writer.flush()
-
-
-def _fallback_palette(n: int) -> list[list[int]]:
-    from lightseg.visualize import default_palette
-
-    return default_palette(n)

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightseg.data.base import IMAGE_SUFFIXES, upright_rgb  # the one list, shared with the datasets
-from lightseg.errors import InputError, InputNotFoundError
+from lightseg.data.base import IMAGE_SUFFIXES  # the one list, shared with the datasets
+from lightseg.data.base import read_image as read_dataset_image
+from lightseg.errors import DataError, InputError, InputNotFoundError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 ImageLike = np.ndarray | Image.Image | torch.Tensor
@@ -104,13 +105,14 @@ def image_files(inputs: Sequence[str | os.PathLike], what: str = "images") -> li
     return files
 
 
-def read_image(path: Path) -> Image.Image:
-    """An RGB PIL image; a corrupt or unreadable file fails naming it."""
+def read_image(path: Path) -> np.ndarray:
+    """H x W x 3 uint8 RGB, turned by its EXIF orientation, as the datasets read images; a corrupt
+    or unreadable file fails naming it."""
     try:
-        with Image.open(path) as im:
-            return upright_rgb(im)
-    except Exception as e:  # PIL raises many types for broken files
-        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+        return read_dataset_image(Path(path))
+    except DataError as e:
+        cause = e.__cause__ or e
+        raise InputError(f"{path}: cannot read image ({type(cause).__name__}: {cause})") from e
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:

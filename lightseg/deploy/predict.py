@@ -1,4 +1,4 @@
-"""``lightseg predict``'s work: run a :class:`~lightseg.engine.segmenter.Segmenter` over files,
+"""``lightseg predict``'s work: run a :class:`~lightseg.deploy.segmenter.Segmenter` over files,
 folders, globs and videos and write label PNGs, overlays and label videos."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lightseg.engine.media import VideoReader, VideoWriter, collect_inputs, read_image
-from lightseg.engine.segmenter import Segmenter
+from lightseg.deploy.media import VideoReader, VideoWriter, collect_inputs, read_image
+from lightseg.deploy.segmenter import Segmenter
 from lightseg.errors import InputError
 from lightseg.visualize import colorize, draw_legend, label_to_rgb, overlay
 

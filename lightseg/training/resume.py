@@ -1,4 +1,6 @@
-"""Is a resumed run the same run? The checkpoint's config against the new one.
+"""Continuing a run: which checkpoint, whether it is the same run, and restoring its state.
+
+Is a resumed run the same run? The checkpoint's config against the new one.
 
 A checkpoint stores the resolved config of the run that wrote it. Resuming compares it field by
 field with the config of the new command:
@@ -11,26 +13,33 @@ field with the config of the new command:
   a difference is refused with the list of differences unless the user names the field in
   ``run.allow_changes`` — then the new value is used for real and the change is logged.
 
-Also here: which files hold a run (a new run never overwrites another) and the checkpoints a run
-can resume from, newest first.
+Also here: which files hold a run (a new run never overwrites another), choosing the checkpoint to
+continue (:func:`load_resume`: the newest readable one) and putting its state back (:func:`restore`).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lightseg.config import Config
-from lightseg.errors import ConfigError
-
-CKPT_LAST = "last.pt"
-CKPT_BEST = "best.pt"
-CKPT_PREVIOUS = "iter_{:08d}.pt"  # older checkpoints kept next to last.pt (train.keep_checkpoints)
+from lightseg.errors import CheckpointError, ConfigError
+from lightseg.training.checkpoints import (
+    CKPT_BEST,
+    CKPT_LAST,
+    FINAL_METRICS,
+    candidates,
+    load_train_checkpoint,
+    previous_checkpoints,
+)
+from lightseg.training.distributed import DistInfo
+from lightseg.training.runlog import RunLog
+from lightseg.training.state import TrainState
 
 FREE = frozenset(
     {
@@ -64,7 +73,6 @@ FIXED = frozenset(
     }
 )
 
-FINAL_METRICS = "final_metrics.json"
 RUN_FILES = (CKPT_LAST, CKPT_BEST, FINAL_METRICS, "log.jsonl")
 
 
@@ -160,18 +168,6 @@ def run_files(work_dir: Path) -> list[str]:
     return names + [p.name for p in previous_checkpoints(work_dir)]
 
 
-def previous_checkpoints(work_dir: Path) -> list[Path]:
-    """The kept older checkpoints (``iter_<N>.pt``), newest first."""
-    return sorted(work_dir.glob("iter_*.pt"), reverse=True)
-
-
-def candidates(work_dir: Path) -> Iterator[Path]:
-    """Checkpoints ``run.resume auto`` tries, newest first: ``last.pt``, then the kept older ones."""
-    if (work_dir / CKPT_LAST).is_file():
-        yield work_dir / CKPT_LAST
-    yield from previous_checkpoints(work_dir)
-
-
 def refuse_other_run(work_dir: Path, why: str) -> None:
     """A new run never overwrites another one's checkpoints, metrics and log."""
     found = run_files(work_dir)
@@ -182,10 +178,96 @@ def refuse_other_run(work_dir: Path, why: str) -> None:
         )
 
 
-def nonfinite_state(named: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or inf."""
-    return [
-        k
-        for k, t in named.items()
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
-    ]
+# ----------------------------------------------------------------------------------------------
+# Continuing a run
+
+
+def load_resume(cfg: Config, work_dir: Path, info: DistInfo) -> tuple[dict | None, Path | None, list[str]]:
+    """The checkpoint this run continues (``run.resume``), its path, and notes for the log.
+
+    ``auto`` takes the newest readable checkpoint of ``work_dir`` (a corrupt ``last.pt`` is set
+    aside as ``last.pt.corrupt`` with a warning). A new run never starts over another run's files."""
+    r = cfg.run.resume
+    if r == "none":
+        refuse_other_run(work_dir, "starting a new run there (run.resume none)")
+        return None, None, []
+    if r != "auto":
+        path = Path(r)
+        if path.resolve().parent != work_dir.resolve():
+            refuse_other_run(work_dir, f"continuing {path} there")
+        return load_train_checkpoint(path), path, []
+    notes, failed = [], []
+    for path in candidates(work_dir):
+        try:
+            ckpt = load_train_checkpoint(path)
+        except CheckpointError as e:
+            failed.append(path)
+            notes.append(f"warning: {e}; trying an older checkpoint")
+            continue
+        if failed and failed[0].name == CKPT_LAST and info.is_main:
+            failed[0].replace(failed[0].with_name(CKPT_LAST + ".corrupt"))
+            notes.append(f"warning: set the unreadable {CKPT_LAST} aside as {CKPT_LAST}.corrupt")
+        return ckpt, path, notes
+    if failed:
+        raise CheckpointError(
+            f"no readable checkpoint in {work_dir}:\n" + "\n".join(notes) + "\nUse another --run.work_dir or "
+            "--resume PATH."
+        )
+    if (work_dir / CKPT_BEST).is_file() or (work_dir / FINAL_METRICS).is_file():
+        refuse_other_run(work_dir, "starting a new run there (it has no last.pt to resume)")
+    return None, None, []
+
+
+def already_complete(ckpt: dict, path: Path, work_dir: Path, log: RunLog) -> dict[str, Any]:
+    log.info(
+        f"{path} is at iteration {ckpt['iteration']} = train.iters: this run is complete, nothing to train "
+        "(to train longer: --train.iters N --run.allow_changes [train.iters])."
+    )
+    log.close()
+    final = work_dir / FINAL_METRICS
+    metrics = json.loads(final.read_text()) if final.is_file() else None
+    return {"iteration": ckpt["iteration"], "best": dict(ckpt.get("best", {})), "work_dir": str(work_dir),
+            "metrics": metrics, "skipped": []}  # fmt: skip
+
+
+def check_resumed_classes(ckpt: dict, num_classes: int, path: Path) -> None:
+    saved = int(ckpt.get("num_classes") or 0)
+    if saved and num_classes and saved != num_classes:
+        raise ConfigError(
+            f"cannot resume {path}: its model predicts {saved} classes, the dataset has {num_classes}. "
+            "Start a new run in another --run.work_dir (or use --model.weights to initialise from it)."
+        )
+
+
+def restore(ckpt, path, model, loss_fn, optimizer, scheduler, scaler, ema) -> None:
+    try:
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt.get("loss", {}))
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot resume {path}: its state does not fit this model ({e})") from None
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+
+
+def resumed_state(
+    ckpt: dict, path: Path, work_dir: Path, info: DistInfo, log: RunLog
+) -> tuple[TrainState, dict | None]:
+    """The loop state a checkpoint continues, and this process's saved RNG state (None when the
+    number of processes changed: then the RNG streams start afresh)."""
+    state = TrainState(ckpt["iteration"], dict(ckpt.get("best", {})), Path(path), ckpt["iteration"])
+    if Path(path) == work_dir / CKPT_LAST:
+        state.last_pt_iteration = state.iteration
+    ranks = ckpt["rng"]
+    log.info(f"resumed from {path} at iteration {state.iteration}")
+    return state, ranks[info.rank] if len(ranks) == info.world_size else None
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
+def jsonable(changes: dict[str, tuple[Any, Any]]) -> dict[str, list]:
+    return {k: [old, new] for k, (old, new) in changes.items()}
