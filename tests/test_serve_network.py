@@ -283,6 +283,19 @@ def test_an_aborted_upload_is_one_info_line_and_no_traceback():
     assert not [r for r in records.records if r.levelno >= logging.WARNING or r.exc_info]
 
 
+def test_a_long_path_is_cut_in_the_access_log():
+    records = Records()
+    access = logging.getLogger("uvicorn.access")
+    with serving(app(), log_level="info", access_log=True) as port:
+        access.addHandler(records)
+        try:
+            assert httpx.get(f"http://127.0.0.1:{port}/{'a' * 12000}").status_code == 404
+        finally:
+            access.removeHandler(records)
+    (line,) = [r.getMessage() for r in records.records]
+    assert '"GET /aaa' in line and "...(12001 chars) HTTP/1.1" in line and len(line) < 300
+
+
 # --------------------------------------------------------------------------------------------------
 # Host allow-list, no redirects built from Host, token
 # --------------------------------------------------------------------------------------------------

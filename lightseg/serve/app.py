@@ -30,6 +30,7 @@ from lightseg.serve.batcher import Batcher, Result
 from lightseg.serve.guard import Access, Guard, json_error
 from lightseg.serve.limits import Limits
 from lightseg.serve.metrics import CLIENT_CLOSED, CONTENT_TYPE, REJECTIONS, Metrics
+from lightseg.serve.server import short_path
 from lightseg.serve.uploads import decode_image, read_body, too_large
 from lightseg.visualize import colorize, overlay
 
@@ -286,7 +287,7 @@ async def _client_left(request: Request, exc: Exception) -> Response:
         '%s - "%s %s" closed the connection before the upload was complete',
         who,
         request.method,
-        request.url.path,
+        short_path(request.url.path),
     )
     return Response(status_code=CLIENT_CLOSED)
 

@@ -35,6 +35,7 @@ from lightseg.serve.metrics import Metrics
 BACKLOG = 128  # connections the kernel queues; also the most accepted at once beyond the cap
 DESCRIPTORS_RESERVED = 128  # model files, runtime threads, logs: what the process opens besides sockets
 LINGER_S = 1.0  # a refused connection is read (and ignored) this long so that its 503 is not lost
+LOGGED_PATH_CHARS = 200  # of a request's path in a log line: a path may be 16 KiB long
 
 
 class GuardedProtocol(H11Protocol):
@@ -145,6 +146,27 @@ class GuardedProtocol(H11Protocol):
         self.transport.close()
 
 
+def short_path(path: str) -> str:
+    """``path`` cut for a log line, so that a flood of long paths cannot grow the log 16 KiB a line."""
+    return path if len(path) <= LOGGED_PATH_CHARS else f"{path[:LOGGED_PATH_CHARS]}...({len(path)} chars)"
+
+
+class ShortAccessLines(logging.Filter):
+    """Cuts the path in uvicorn's access lines (``client - "METHOD path HTTP/v" status``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # Once per record: each configuration of the logging (one per server) adds a filter.
+        if (
+            isinstance(args, tuple)
+            and len(args) == 5
+            and isinstance(args[2], str)
+            and not hasattr(record, "cut")
+        ):
+            record.args, record.cut = (*args[:2], short_path(args[2]), *args[3:]), True
+        return True
+
+
 def protocol_class(limits: Limits, metrics: Metrics) -> type[GuardedProtocol]:
     """A :class:`GuardedProtocol` for one server, its open connections reported in ``metrics``."""
     cls = type(
@@ -162,6 +184,8 @@ def server_config(app: Guard, host: str = "127.0.0.1", port: int = 8000, **optio
     log_config = copy.deepcopy(LOGGING_CONFIG)
     level = str(options.get("log_level", "info")).upper()
     log_config["loggers"]["lightseg.serve"] = {"handlers": ["default"], "level": level, "propagate": False}
+    log_config.setdefault("filters", {})["short_paths"] = {"()": ShortAccessLines}
+    log_config["loggers"]["uvicorn.access"]["filters"] = ["short_paths"]
     return uvicorn.Config(
         app,
         host=host,
