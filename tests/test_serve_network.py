@@ -277,7 +277,7 @@ def test_an_aborted_upload_is_one_info_line_and_no_traceback():
         finally:
             for lg in loggers:
                 lg.removeHandler(records)
-    left = [r for r in records.records if "closed the connection" in r.getMessage()]
+    left = [r for r in records.records if "the connection closed before the upload" in r.getMessage()]
     assert len(left) == 1 and left[0].levelno == logging.INFO and left[0].name == "lightseg.serve"
     assert '"POST /v1/segment"' in left[0].getMessage()
     assert not [r for r in records.records if r.levelno >= logging.WARNING or r.exc_info]

@@ -284,7 +284,7 @@ async def _client_left(request: Request, exc: Exception) -> Response:
     client = request.client
     who = f"{client.host}:{client.port}" if client else "a client"
     log.info(
-        '%s - "%s %s" closed the connection before the upload was complete',
+        '%s - "%s %s" the connection closed before the upload was complete',
         who,
         request.method,
         short_path(request.url.path),

@@ -191,6 +191,7 @@ def server_config(app: Guard, host: str = "127.0.0.1", port: int = 8000, **optio
         host=host,
         port=port,
         http=protocol_class(app.limits, app.metrics),
+        ws="none",  # no WebSocket routes: an upgrade request is served as plain HTTP
         timeout_keep_alive=app.limits.keep_alive,
         backlog=BACKLOG,
         server_header=False,
