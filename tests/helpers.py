@@ -1,5 +1,10 @@
 """Small helpers shared by several test modules."""
 
+import contextlib
+import socket
+import threading
+import time
+
 import torch
 from torch import nn
 
@@ -27,3 +32,29 @@ def trained_like_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(uniform(m.weight.numel(), 0.5, 1.5).view_as(m.weight))
                 m.bias.copy_(uniform(m.bias.numel(), -0.2, 0.2).view_as(m.bias))
     return model.eval()
+
+
+@contextlib.contextmanager
+def serving(app, **options):
+    """Run a :func:`lightseg.serve.create_app` application as ``lightseg serve`` does (its limits
+    and connection layer) on uvicorn in a thread, on a free 127.0.0.1 port; yields the port."""
+    import uvicorn
+
+    from lightseg.serve import server_config
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    options = {"log_level": "warning", "access_log": False, **options}
+    server = uvicorn.Server(server_config(app, **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

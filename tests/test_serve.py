@@ -24,6 +24,8 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+import helpers  # noqa: E402
+
 from lightseg import (  # noqa: E402
     Segmenter,
     load_checkpoint,
@@ -48,22 +50,9 @@ LIMITS = Limits(max_bytes=600_000, max_pixels=400_000)  # a CamVid image (480 x 
 
 @contextlib.contextmanager
 def serving(app):
-    """Run ``app`` on uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    """``app`` served on a free loopback port; yields the base URL."""
+    with helpers.serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -278,10 +267,12 @@ def test_bad_input_battery_each_a_4xx_json_error_and_server_stays_healthy(client
 # The command line
 # --------------------------------------------------------------------------------------------------
 def test_cli_serves_on_loopback(checkpoint):
+    """Bound to loopback by default, answering to loopback names, with the token from the environment."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    token = "cli-test-token-0123"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "LIGHTSEG_SERVE_TOKEN": token}
     cmd = [
         sys.executable,
         "-m",
@@ -302,12 +293,20 @@ def test_cli_serves_on_loopback(checkpoint):
                     break
             assert time.monotonic() < deadline, "lightseg serve did not come up"
             time.sleep(0.2)
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/model").json()["classes"] == CAMVID_CLASSES
+        model = f"http://127.0.0.1:{port}/v1/model"
+        assert (
+            httpx.get(model, headers={"authorization": f"Bearer {token}"}).json()["classes"] == CAMVID_CLASSES
+        )
+        assert httpx.get(model).status_code == 401
+        evil = httpx.get(model, headers={"authorization": f"Bearer {token}", "host": "evil.example"})
+        assert evil.status_code == 400 and evil.json()["error"] == "bad_host"
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}" in out  # bound to loopback by default
     assert "cgrseg_t (11 classes, torch, fp32)" in out
+    assert "this machine only, a bearer token; answers to Host 127.0.0.1, localhost, ::1" in out
+    assert "Traceback" not in out
 
 
 # --------------------------------------------------------------------------------------------------
