@@ -22,6 +22,9 @@ from lightseg.errors import CheckpointError
 META_KEY = "lightseg_meta"
 # Label value that marks pixels without a class: skipped by losses and metrics, black in pictures.
 IGNORE_INDEX = 255
+# How a model sees an image at test time unless its training recorded otherwise: resized keeping its
+# aspect ratio to fit 2048 x 512 (long side, short side), the papers' ADE20K test scale.
+DEFAULT_TEST_SCALE = (2048, 512)
 # Normalisation of every model in lightseg (ImageNet statistics on 0-255 RGB), as in the papers' code.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -33,6 +36,10 @@ class ModelMeta:
 
     ``mean``/``std`` apply to RGB values in 0..255: ``x = (rgb - mean) / std``. Input sides must be
     multiples of ``size_divisor``; logits come out at ``1 / output_stride`` of the input size.
+    ``test_scale`` is how the model sees an image at test time: resized keeping its aspect ratio to
+    fit this (long side, short side) bound, as mmseg's test ``Resize(keep_ratio=True)`` and
+    ``lightseg eval`` do (the training config's ``data.test_scale``; :data:`DEFAULT_TEST_SCALE`
+    for a model without a record).
     ``weights`` names the initial or trained weights (a registry tag, a file or ``None`` for
     random initialisation). ``num_classes`` is ``None`` for a backbone.
     """
@@ -46,6 +53,7 @@ class ModelMeta:
     std: tuple[float, float, float] = IMAGENET_STD
     size_divisor: int = 32
     output_stride: int = 8
+    test_scale: tuple[int, int] = DEFAULT_TEST_SCALE
     weights: str | None = None
     kind: str = "segmentor"
 
@@ -58,6 +66,7 @@ class ModelMeta:
             set_(self, "palette", tuple(tuple(int(v) for v in c) for c in self.palette))
         set_(self, "mean", tuple(float(v) for v in self.mean))
         set_(self, "std", tuple(float(v) for v in self.std))
+        set_(self, "test_scale", tuple(int(v) for v in self.test_scale))
         set_(self, "options", dict(self.options))
         self._validate()
 
@@ -80,6 +89,8 @@ class ModelMeta:
             problems.append(f"mean/std must be 3 values each (std > 0), got {self.mean} / {self.std}")
         if self.size_divisor < 1 or self.output_stride < 1:
             problems.append("size_divisor and output_stride must be >= 1")
+        if len(self.test_scale) != 2 or min(self.test_scale) < 1:
+            problems.append(f"test_scale must be two sides >= 1 (long, short), got {self.test_scale}")
         if problems:
             raise CheckpointError(f"invalid model metadata for {self.name!r}: " + "; ".join(problems))
 
@@ -103,7 +114,7 @@ class ModelMeta:
     # ---- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for key in ("classes", "palette", "mean", "std"):
+        for key in ("classes", "palette", "mean", "std", "test_scale"):
             if d[key] is not None:
                 d[key] = json.loads(json.dumps(d[key]))  # tuples -> lists
         return d

@@ -120,3 +120,35 @@ def model_facts(args: argparse.Namespace) -> Any:
     from lightseg.deploy.metadata import read_meta_file
 
     return read_meta_file(args.meta) if args.meta else None
+
+
+def add_scale_args(p: argparse.ArgumentParser, memory_default: str) -> None:
+    """``--scale`` (how images are seen) and ``--max-memory`` (what a pass may allocate)."""
+    p.add_argument(
+        "--scale",
+        nargs="+",
+        default=["model"],
+        metavar="SCALE",
+        help="how images are seen: 'model' (default: resized keeping the aspect to the model's test "
+        "scale, as evaluation does), 'native' (as they are), or LONG SHORT, a bound of your own",
+    )
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help=f"what one pass may allocate beyond the loaded model, e.g. 2G or 800M (default: {memory_default}); "
+        "larger passes run in sliding windows or are refused",
+    )
+
+
+def scale_arg(values: list[str]) -> Any:
+    """``--scale`` as Segmenter takes it: 'model', 'native' or (long, short)."""
+    from lightseg.errors import ConfigError
+
+    if len(values) == 1 and values[0] in ("model", "native"):
+        return values[0]
+    if len(values) == 2 and all(v.isdigit() and int(v) > 0 for v in values):
+        return (int(values[0]), int(values[1]))
+    raise ConfigError(
+        f"--scale {' '.join(values)}: use 'model', 'native' or two sides LONG SHORT, e.g. 1024 512"
+    )

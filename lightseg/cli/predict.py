@@ -9,9 +9,11 @@ from pathlib import Path
 from lightseg.cli.options import (
     add_model_source_args,
     add_runtime_args,
+    add_scale_args,
     model_facts,
     model_source,
     runner_options,
+    scale_arg,
 )
 from lightseg.errors import ConfigError, InputError
 
@@ -26,6 +28,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="take classes/palette (and class count) from this dataset, e.g. camvid",
     )
+    add_scale_args(p, "half the memory available")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     p.add_argument("--stride", type=int, nargs=2, default=(341, 341), metavar=("H", "W"))
@@ -78,6 +81,8 @@ def run_predict(args: argparse.Namespace, rest: list[str]) -> int:
         weights=args.weights,
         num_classes=args.num_classes,
         meta=model_facts(args),
+        scale=scale_arg(args.scale),
+        max_memory=args.max_memory,
         mode=args.mode,
         crop_size=args.crop_size,
         stride=args.stride,
@@ -96,7 +101,7 @@ def run_predict(args: argparse.Namespace, rest: list[str]) -> int:
         overlay_format=args.overlay_format,
         progress=not args.no_progress,
     )
-    print(f"wrote {len(report.written)} files to {Path(args.out)} ({seg.runner.describe()})")
+    print(f"wrote {len(report.written)} files to {Path(args.out)} ({seg.describe()})")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unsupported files: " + ", ".join(map(str, report.skipped[:10])))
     if report.failed:

@@ -61,7 +61,7 @@ def read_image(path: Path) -> np.ndarray:
     except FileNotFoundError as e:
         raise DataError(f"{path}: image file not found") from e
     except Image.DecompressionBombError as e:
-        raise _bomb_error(path, e) from None
+        raise _bomb_error(path, e) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from e
     return arr
@@ -80,7 +80,7 @@ def read_mask(path: Path) -> np.ndarray:
     except FileNotFoundError as e:
         raise DataError(f"{path}: mask file not found") from e
     except Image.DecompressionBombError as e:
-        raise _bomb_error(path, e) from None
+        raise _bomb_error(path, e) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode mask ({e})") from e
     if arr.ndim == 3:

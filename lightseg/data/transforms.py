@@ -327,6 +327,21 @@ class PhotoMetricDistortion:
         )
 
 
+def normalize_image(img: np.ndarray, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+    """uint8 (H, W, 3) RGB -> float32 tensor (3, H, W) ``(image - mean) * (1 / std)``; ``mean`` and
+    ``inv_std`` are float32 (3, 1, 1). Evaluation and deployment prepare images with this one
+    function, so that both give the model the same numbers."""
+    out = np.empty((3, *img.shape[:2]), dtype=np.float32)
+    out[...] = img.transpose(2, 0, 1)  # one pass: HWC uint8 -> CHW float32
+    return torch.from_numpy(out).sub_(mean).mul_(inv_std)
+
+
+def normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1 / std) as float32 (3, 1, 1) tensors for :func:`normalize_image`."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    return mean_t, 1.0 / torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+
 class Normalize:
     """``(image - mean) / std`` per RGB channel; uint8 (H, W, 3) -> float32 tensor (3, H, W).
 
@@ -334,14 +349,10 @@ class Normalize:
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.inv_std = normalization(mean, std)
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        img = sample["image"]
-        out = np.empty((3, *img.shape[:2]), dtype=np.float32)
-        out[...] = img.transpose(2, 0, 1)  # one pass: HWC uint8 -> CHW float32
-        sample["image"] = torch.from_numpy(out).sub_(self.mean).mul_(self.inv_std)
+        sample["image"] = normalize_image(sample["image"], self.mean, self.inv_std)
         return ToTensor()(sample)
 
     def __repr__(self) -> str:

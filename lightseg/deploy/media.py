@@ -116,17 +116,23 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
-    """numpy H x W x 3 / PIL / torch 3 x H x W (RGB, 0..255) -> H x W x 3 float32."""
+    """numpy H x W x 3 / PIL / torch 3 x H x W (RGB, 0..255) -> H x W x 3 uint8, the pixels
+    evaluation reads from files; other value types are rounded and clipped to 0..255."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32)
+        return np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise InputError(f"expected a 3 x H x W image tensor, got shape {tuple(image.shape)}")
-        return image.detach().permute(1, 2, 0).cpu().float().numpy()
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise InputError(f"expected an H x W x 3 RGB array, got shape {arr.shape}")
-    return arr.astype(np.float32)
+        arr = image.detach().permute(1, 2, 0).cpu().numpy()
+    else:
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise InputError(f"expected an H x W x 3 RGB array, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.size and not np.isfinite(arr).all():
+        raise InputError("the image holds NaN or infinite values; expected RGB values in 0..255")
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------

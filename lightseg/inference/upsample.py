@@ -95,19 +95,19 @@ def _cell_argmax(logits: torch.Tensor, low: torch.Tensor, s: int, chunk: int) ->
             ],
             2,
         )  # K x cells x 4
-        grid[n_, p, :, q, :] = _argmax0(corners @ weights).view(-1, s, s)  # K x cells x s*s -> labels
+        grid[n_, p, :, q, :] = _argmax0(corners @ weights).view(-1, s, s).to(grid.dtype)  # K x cells x s*s -> labels
     half = s // 2
     return grid.reshape(n, (h + 1) * s, (w + 1) * s)[:, half : half + h * s, half : half + w * s]
 
 
 def _pixel_argmax(
-    logits: torch.Tensor, big: tuple[int, int], keep: tuple[int, int], chunk: int
+    logits: torch.Tensor, low: torch.Tensor, big: tuple[int, int], keep: tuple[int, int], chunk: int
 ) -> torch.Tensor:
-    """Exact labels for any size: interpolate only pixels whose four sources disagree."""
+    """Exact labels for any size: interpolate only pixels whose four sources disagree (``low`` =
+    ``logits.argmax(1)``, in the labels' type)."""
     n, k, h, w = logits.shape
     y0, y1, ly = _bilinear_taps(big[0], h, keep[0], logits.device)
     x0, x1, lx = _bilinear_taps(big[1], w, keep[1], logits.device)
-    low = logits.argmax(1)
     a, b = low[:, y0][:, :, x0], low[:, y0][:, :, x1]
     c, d = low[:, y1][:, :, x0], low[:, y1][:, :, x1]
     out = a.clone()
@@ -120,26 +120,40 @@ def _pixel_argmax(
         wy, wx = ly[yy, None], lx[xx, None]
         top = (1 - wx) * flat[base + r0 + c0] + wx * flat[base + r0 + c1]
         bottom = (1 - wx) * flat[base + r1 + c0] + wx * flat[base + r1 + c1]
-        out[n_, yy, xx] = ((1 - wy) * top + wy * bottom).argmax(1)
+        out[n_, yy, xx] = ((1 - wy) * top + wy * bottom).argmax(1).to(out.dtype)
     return out
 
 
 # Above this share of vertically adjacent low-resolution pixels with different labels, the
 # boundary-only computation costs more than upsampling everything.
 MAX_BOUNDARY_FRACTION = 0.25
+# Memory the direct computation may use at once; larger outputs are computed a band of rows at a time.
+DIRECT_WORKSPACE = 64 * 2**20
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The smallest integer type that holds labels ``0 .. num_classes - 1`` (uint8 up to 256)."""
+    return torch.uint8 if num_classes <= 256 else torch.int16
 
 
 def upsample_argmax(
-    logits: torch.Tensor, size: Sequence[int], crop: Sequence[int] | None = None, chunk: int = 512
+    logits: torch.Tensor,
+    size: Sequence[int],
+    crop: Sequence[int] | None = None,
+    chunk: int = 512,
+    dtype: torch.dtype = torch.int64,
 ) -> torch.Tensor:
-    """``argmax(bilinear(logits -> size), dim=1)[..., :crop_h, :crop_w]`` as N x h x w int64 labels.
+    """``argmax(bilinear(logits -> size), dim=1)[..., :crop_h, :crop_w]`` as N x h x w labels of
+    ``dtype`` (:func:`label_dtype` gives the smallest that holds them).
 
     Why it is cheap: every upsampled pixel is a convex combination of the logit vectors of its
     (at most) four source pixels, so when those four agree on their argmax c, c is also the
     argmax of the combination. Only where they disagree (near label boundaries) are all K
     classes interpolated — for the usual even integer factor (stride 8) one s x s cell at a time
     as a small matrix product (:func:`_cell_argmax`), otherwise pixel by pixel. Equal to the
-    direct computation up to float rounding (near-ties may flip).
+    direct computation up to float rounding (near-ties may flip). Its memory is a few bytes per
+    output pixel, never K floats per pixel: where labels change almost everywhere (an untrained
+    model) the direct computation runs a band of rows at a time (:data:`DIRECT_WORKSPACE`).
 
     The boundary pass runs on one torch thread: its small ops gain nothing from a second thread
     (CGRSeg-T, CamVid, 512x512: 1.5 ms on one thread, 1.6-2.6 ms on two), and between ONNX Runtime
@@ -154,12 +168,34 @@ def upsample_argmax(
     big = (int(size[0]), int(size[1]))
     keep = big if crop is None else (int(crop[0]), int(crop[1]))
     s = big[0] // h
+    compact = label_dtype(logits.shape[1])
     with torch_threads(1):
-        low = logits.permute(0, 2, 3, 1).contiguous().argmax(-1)  # argmax over dim 1: 5x slower
+        low = logits.permute(0, 2, 3, 1).contiguous().argmax(-1).to(compact)  # argmax over dim 1: 5x slower
         if (low[:, 1:] != low[:, :-1]).float().mean() <= MAX_BOUNDARY_FRACTION:
             if s >= 2 and s % 2 == 0 and big == (s * h, s * w):
-                return _cell_argmax(logits, low, s, chunk)[:, : keep[0], : keep[1]]
-            return _pixel_argmax(logits, big, keep, chunk * 64)
+                out = _cell_argmax(logits, low, s, chunk)[:, : keep[0], : keep[1]]
+            else:
+                out = _pixel_argmax(logits, low, big, keep, chunk * 64)
+            return out.to(dtype)
     # Label changes almost everywhere (e.g. an untrained model): the direct way is faster.
-    up = resize_logits(logits, big)
-    return up[:, :, : keep[0], : keep[1]].argmax(1)
+    return _direct_argmax(logits, big, keep, compact).to(dtype)
+
+
+def _direct_argmax(
+    logits: torch.Tensor, big: tuple[int, int], keep: tuple[int, int], dtype: torch.dtype
+) -> torch.Tensor:
+    """The labels by upsampling every class: in one piece when it fits :data:`DIRECT_WORKSPACE`
+    (``F.interpolate``, as evaluation computes), else a band of output rows at a time."""
+    n, k, h, w = logits.shape
+    if n * k * big[0] * big[1] * 4 <= DIRECT_WORKSPACE:
+        return resize_logits(logits, big)[:, :, : keep[0], : keep[1]].argmax(1).to(dtype)
+    x0, x1, lx = _bilinear_taps(big[1], w, keep[1], logits.device)
+    rows = max(1, DIRECT_WORKSPACE // (n * k * keep[1] * 4 * 3))
+    out = torch.empty((n, keep[0], keep[1]), dtype=dtype, device=logits.device)
+    all_y0, all_y1, all_ly = _bilinear_taps(big[0], h, keep[0], logits.device)
+    for r in range(0, keep[0], rows):
+        y0, y1, ly = all_y0[r : r + rows], all_y1[r : r + rows], all_ly[r : r + rows, None]
+        top = (1 - lx) * logits[:, :, y0][..., x0] + lx * logits[:, :, y0][..., x1]
+        bottom = (1 - lx) * logits[:, :, y1][..., x0] + lx * logits[:, :, y1][..., x1]
+        out[:, r : r + rows] = ((1 - ly) * top + ly * bottom).argmax(1).to(dtype)
+    return out

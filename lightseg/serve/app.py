@@ -32,7 +32,7 @@ from lightseg.serve.limits import Limits
 from lightseg.serve.metrics import CLIENT_CLOSED, CONTENT_TYPE, REJECTIONS, Metrics
 from lightseg.serve.server import short_path
 from lightseg.serve.uploads import decode_image, read_body, too_large
-from lightseg.visualize import colorize, overlay
+from lightseg.visualize import class_counts, colorize, overlay
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file in a form upload
 # The page is self-contained: the policy forbids loading anything from elsewhere, and framing.
@@ -240,7 +240,7 @@ def _label_png(labels: np.ndarray, palette) -> bytes:
 def _summary(info: ModelInfo, image: np.ndarray, result: Result, with_overlay: bool, alpha: float) -> dict:
     """Per-class pixel counts and fractions, and the overlay as a data URL when asked for."""
     labels = result.labels
-    counts = np.bincount(labels.ravel(), minlength=info.num_classes)
+    counts = class_counts(labels, info.num_classes)
     total = labels.size
     payload = {
         "model": info.name,

@@ -94,12 +94,14 @@ class TrainForward(nn.Module):
         return total
 
 
-def record_labels(model: nn.Module, dataset: Dataset) -> None:
-    """The dataset's class names and palette go into the model's metadata (and its checkpoints).
-    A model built by hand (no ``meta``) is left as it is."""
+def record_data_facts(model: nn.Module, dataset: Dataset, cfg: Config) -> None:
+    """The dataset's class names and palette, and the scale the run evaluates at
+    (``data.test_scale``), go into the model's metadata (and its checkpoints), so that a deployed
+    model sees images as evaluation did. A model built by hand (no ``meta``) is left as it is."""
     meta = getattr(model, "meta", None)
     if meta is not None:
-        model.meta = with_classes(meta, getattr(dataset, "classes", None), getattr(dataset, "palette", None))
+        meta = with_classes(meta, getattr(dataset, "classes", None), getattr(dataset, "palette", None))
+        model.meta = meta.replace(test_scale=tuple(cfg.data.test_scale))
 
 
 def place_model(model: nn.Module, info: DistInfo, device: torch.device, log: RunLog) -> nn.Module:

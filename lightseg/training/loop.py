@@ -141,7 +141,7 @@ def _build(
         model, weights_note = components.model_from_config(cfg, num_classes)
         log.info(weights_note)
     preflight.record_split(train_set, work_dir, info.is_main)
-    components.record_labels(model, train_set)
+    components.record_data_facts(model, train_set, cfg)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = components.place_model(model, info, device, log)
