@@ -183,8 +183,8 @@ class WeightsEntry:
 
 _TIMM_EF2 = (
     "timm {version} efficientformer_v2.py default_cfgs (hf_hub_id 'timm/', licence 'apache-2.0'); "
-    "top-1: timm results/results-imagenet.csv (commit 4e5207c7, 224 px, crop 0.95); file names as "
-    "on the timm Hub repos (tree of main; s2 also refs/pr/1)"
+    "top-1: timm results/results-imagenet.csv (last changed in commit 4e5207c, 224 px, crop 0.95); "
+    "file names as on the timm Hub repos (tree of main; s2 also refs/pr/1, commit 42fb98c)"
 )
 _SNAP_README = (
     "snap-research/EfficientFormer README, 'Classification on ImageNet-1K' table (ckpt column, "
@@ -199,17 +199,18 @@ _VAN_README = (
 
 # Normalisation the weights were trained with, 0..255 RGB, and where each is stated.
 _IMAGENET_NORM = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}  # timm IMAGENET_DEFAULT_MEAN/STD x 255
-_TIMM_EF2_NORM = "timm efficientformer_v2.py _cfg: mean/std IMAGENET_DEFAULT_MEAN/STD"
+_TIMM_EF2_NORM = "timm efficientformer_v2.py _cfg: mean/std IMAGENET_DEFAULT_MEAN/STD (v1.0.19, aa4b585)"
 _SNAP_NORM = (
-    "snap-research/EfficientFormer util/datasets.py build_transform: timm create_transform's "
+    "snap-research/EfficientFormer util/datasets.py build_transform (d01da42): timm create_transform's "
     "defaults (IMAGENET_DEFAULT_MEAN/STD) for training, Normalize(IMAGENET_DEFAULT_MEAN/STD) for eval"
 )
 _VAN_NORM = {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}  # 0.5 x 255
 _VAN_NORM_SOURCE = (
     "VAN-Classification (README: timm == 0.4.12) builds every model with timm's "
     "vision_transformer._cfg(), whose mean/std in timm 0.4.12 are IMAGENET_INCEPTION_MEAN/STD "
-    "(0.5, 0.5, 0.5); its train.py and validate.py normalise from that config (resolve_data_config). "
-    "mmpretrain configs/van/van-b0_8xb128_in1k.py: mean = std = 127.5 ('different from other configs')"
+    "(0.5, 0.5, 0.5) (tag v0.4.12 = 7096b52); its train.py and validate.py normalise from that config "
+    "(resolve_data_config). mmpretrain configs/van/van-b0_8xb128_in1k.py (91b85bb): mean = std = 127.5 "
+    "('different from other configs')"
 )
 
 # The official EfficientFormerV2 checkpoints are Google Drive files (README links are
