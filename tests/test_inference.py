@@ -161,7 +161,11 @@ class PixelNet(nn.Module):
 )
 def test_segmenter_gives_the_labels_evaluation_gives_at_the_same_scales(tmp_path, name, ratios, flip):
     h, w = 101, 150  # round() and the mmcv rule disagree here at every ratio but 1.0
-    img = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    # colour blocks with texture: labels follow the blocks and change at their edges
+    yy, xx = np.mgrid[:h, :w]
+    blocks = ((yy // 25 + xx // 30) % 4)[..., None] * np.array([60, 20, -40])
+    noise = np.random.default_rng(1).integers(0, 256, (h, w, 3))
+    img = np.clip(90 + blocks + 0.3 * noise, 0, 255).astype(np.uint8)
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     Image.fromarray(img).save(tmp_path / "images" / "a.png")

@@ -242,8 +242,10 @@ register_layout(
 def _van(variant: str, drop_path_rate: float, pretrained_norm: bool) -> VAN:
     """``pretrained_norm``: feed the stem the normalisation the ImageNet weights were trained with
     (the registry entry's mean/std, 127.5/127.5) instead of the pipeline's ImageNet statistics."""
-    weights = find_weights(f"van_{variant}")
-    stem_norm = (weights.mean, weights.std) if pretrained_norm else None
+    stem_norm = None
+    if pretrained_norm:
+        weights = find_weights(f"van_{variant}")
+        stem_norm = (weights.mean, weights.std)
     return VAN(VAN_VARIANTS[variant], drop_path_rate=drop_path_rate, stem_norm=stem_norm)
 
 
