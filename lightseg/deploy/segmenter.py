@@ -3,8 +3,9 @@
 Full-resolution labels are ``argmax_k`` of the logits bilinearly upsampled (align_corners=False) from
 the model's output stride to the padded input size, cropped to the image. On the fast path (whole
 image, one scale, no flip) :func:`~lightseg.inference.upsample_argmax` computes them without the
-K x H x W upsampled logits; multi-scale, flip and sliding-window inference go through
-:func:`lightseg.inference.predict_probs` (softmax averaged over passes).
+K x H x W upsampled logits; multi-scale, flip and sliding-window inference average softmax
+probabilities over passes (:func:`lightseg.inference.average_probs`), each scale resized from the
+8-bit image as evaluation resizes it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightseg.data.transforms import resize_image
 from lightseg.deploy.media import ImageLike, to_rgb_array
 from lightseg.deploy.options import RunnerOptions
 from lightseg.deploy.runners import build_runner
 from lightseg.errors import InputError
-from lightseg.inference import check_mode, pad_to_multiple, predict_probs, upsample_argmax
+from lightseg.inference import (
+    average_probs,
+    check_mode,
+    pad_to_multiple,
+    predict_probs,
+    scaled_sizes,
+    upsample_argmax,
+)
 from lightseg.meta import ModelMeta
 
 
@@ -91,6 +100,7 @@ class Segmenter:
         self.batch_size = max(1, int(batch_size))
         self.mean = torch.tensor(self.meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(self.meta.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.inv_std = 1.0 / self.std  # times, as evaluation's Normalize: the same floats as eval
 
     @property
     def fast_path(self) -> bool:
@@ -100,13 +110,31 @@ class Segmenter:
 
     def _batch(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        return (x - self.mean) / self.std
+        return (x - self.mean) * self.inv_std
 
     @torch.no_grad()
-    def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+    def _probs(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """N x K x H x W probabilities of same-size images, averaged over scales and flips.
+
+        8-bit pixels are resized per scale as evaluation resizes them (``MultiScaleResize``: the
+        image at :func:`scaled_sizes`, then normalised), so both give the same labels at the same
+        scales; other values (float tensors) are normalised first and resized as floats.
+        """
+        h, w = arrays[0].shape[:2]
+        opts = {k: v for k, v in self.options.items() if k != "scales"}
+        if not all(_is_8bit(a) for a in arrays):
+            return predict_probs(self.runner, self._batch(arrays), (h, w), **self.options)
+        pixels = [a.astype(np.uint8) for a in arrays]
+        sizes = scaled_sizes(h, w, self.options["scales"])
+        inputs = [self._batch([resize_image(p, size) for p in pixels]) for size in sizes]
+        return average_probs(self.runner, inputs, (h, w), **opts)
+
+    @torch.no_grad()
+    def _labels(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         if not self.fast_path:
-            return predict_probs(self.runner, x, (h, w), **self.options).argmax(1)
+            return self._probs(arrays).argmax(1)
+        x = self._batch(arrays)
+        h, w = x.shape[-2:]
         xp = pad_to_multiple(x, self.runner.size_divisor)
         y = self.runner(xp)
         if self.runner.output == "logits":
@@ -132,7 +160,7 @@ class Segmenter:
         arrays = [to_rgb_array(im) for im in ([images] if single else images)]
         out: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
         for group in self._groups(arrays):
-            labels = self._labels(self._batch([arrays[i] for i in group])).cpu().numpy()
+            labels = self._labels([arrays[i] for i in group]).cpu().numpy()
             for i, lab in zip(group, labels):
                 out[i] = lab
         return out[0] if single else out
@@ -144,5 +172,9 @@ class Segmenter:
             raise InputError(
                 f"{self.runner.describe()}: class probabilities need a graph that returns logits"
             )
-        x = self._batch([to_rgb_array(image)])
-        return predict_probs(self.runner, x, None, **self.options)[0].cpu().numpy()
+        return self._probs([to_rgb_array(image)])[0].cpu().numpy()
+
+
+def _is_8bit(a: np.ndarray) -> bool:
+    """Whether an RGB array holds 8-bit values (integers in 0..255), as decoded images do."""
+    return bool(a.min() >= 0 and a.max() <= 255 and np.array_equal(a, np.rint(a)))
