@@ -289,10 +289,10 @@ def test_multiscale_tta_equals_hand_rolled_average_from_the_original(tmp_path: P
     img = torch.randn(1, 3, 40, 56)
     hand = sum(
         torch.nn.functional.interpolate(
-            forward_whole(model, torch.nn.functional.interpolate(img, (round(40 * s), round(56 * s)), mode="bilinear")),
+            forward_whole(model, torch.nn.functional.interpolate(img, size, mode="bilinear")),
             (40, 56), mode="bilinear",
         ).softmax(1)
-        for s in (0.5, 1.25)
+        for size in ((20, 28), (50, 70))  # 40 x 56 at 0.5 and 1.25
     ) / 2  # fmt: skip
     assert torch.allclose(predict_probs(model, img, scales=(0.5, 1.25)), hand, atol=1e-6)
     with pytest.raises(InputError, match=r"a 1x1 image is too small for test-time scale 0.5"):

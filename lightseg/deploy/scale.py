@@ -65,22 +65,6 @@ def input_size(
     return size
 
 
-def ratio_sizes(
-    h: int, w: int, bound: tuple[int, int] | None, ratios: Sequence[float]
-) -> list[tuple[int, int]]:
-    """Sizes of multi-scale test-time augmentation as evaluation computes them (mmseg's
-    ``MultiScaleFlipAug``): the bound times each ratio, each applied to the ORIGINAL image."""
-    base = (max(h, w), min(h, w)) if bound is None else bound
-    sizes = [rescale_size(h, w, (int(base[0] * r), int(base[1] * r))) for r in ratios]
-    for r, (sh, sw) in zip(ratios, sizes):
-        if sh < 1 or sw < 1:
-            raise InputError(
-                f"a {w}x{h} image is too small for test-time scale {r} ({sw}x{sh} pixels); use larger "
-                "scales or a larger image"
-            )
-    return sizes
-
-
 def prepare(
     arrays: Sequence[np.ndarray], size: tuple[int, int], mean: torch.Tensor, inv_std: torch.Tensor
 ) -> torch.Tensor:

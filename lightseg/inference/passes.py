@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightseg.data.transforms import multiscale_sizes
 from lightseg.errors import ConfigError, InputError
 
 MODES = ("whole", "slide")
@@ -47,7 +48,13 @@ def size_divisor(model: nn.Module) -> int:
 
 def pad_to_multiple(x: torch.Tensor, divisor: int, value: float = 0.0) -> torch.Tensor:
     """Pad N x C x H x W at the bottom/right so that H and W are multiples of ``divisor``
-    (the image is normalised, so 0 is the mean colour — mmseg pads with 0 too)."""
+    (0 is the mean colour of the normalised image).
+
+    Needed, not a convention: the CGRSeg release's EfficientFormerV2 backbone floors its token
+    grid (``H // 2``) where its stride-2 convolutions ceil it, so its whole-image forward fails on
+    sides that are not multiples of 32, e.g. on 512x683 (a 4:3 image after the (2048, 512) test
+    resize): "shape '[1, 8, -1, 336]' is invalid for input of size 90112". Logits are cropped back.
+    """
     h, w = x.shape[-2:]
     ph, pw = (-h) % divisor, (-w) % divisor
     if ph or pw:
@@ -137,9 +144,13 @@ def average_probs(
     return total / passes
 
 
-def scaled_sizes(h: int, w: int, scales: Sequence[float]) -> list[tuple[int, int]]:
-    """``(round(h * s), round(w * s))`` per scale; a scale that leaves no pixel is an InputError."""
-    sizes = [(round(h * s), round(w * s)) for s in scales]
+def scaled_sizes(
+    h: int, w: int, scales: Sequence[float], bound: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """The size of an h x w image at each test-time scale, by evaluation's rule
+    (:func:`~lightseg.data.transforms.multiscale_sizes`: the (long, short) ``bound`` x the scale,
+    by default the image's own size); a scale that leaves no pixel is an InputError."""
+    sizes = multiscale_sizes(h, w, scales, bound)
     for s, (sh, sw) in zip(scales, sizes):
         if sh < 1 or sw < 1:
             raise InputError(
@@ -166,10 +177,11 @@ def predict_probs(
     Args:
         out_size: (H', W') of the result, usually the original image/label size (default: H x W).
         mode: ``"whole"`` or ``"slide"`` (windows ``crop_size`` every ``stride``, as (h, w)).
-        scales: ratios applied to ``image`` (bilinear) before inference; with ``flip`` each scale is
-            also run on the horizontally flipped image. Pass the ORIGINAL image: each scale is one
-            resize of it, as in mmseg (evaluation uses ``MultiScaleResize`` for the same from uint8
-            pixels). The softmax probabilities of all passes are averaged (:func:`average_probs`).
+        scales: ratios applied to ``image`` (bilinear) before inference, sizes as in evaluation
+            (:func:`scaled_sizes`); with ``flip`` each scale is also run on the horizontally flipped
+            image. Pass the ORIGINAL image: each scale is one resize of it, as in mmseg (evaluation
+            uses ``MultiScaleResize`` for the same from uint8 pixels). The softmax probabilities of
+            all passes are averaged (:func:`average_probs`).
     """
     check_mode(mode)
     h, w = image.shape[-2:]

@@ -95,7 +95,9 @@ def _cell_argmax(logits: torch.Tensor, low: torch.Tensor, s: int, chunk: int) ->
             ],
             2,
         )  # K x cells x 4
-        grid[n_, p, :, q, :] = _argmax0(corners @ weights).view(-1, s, s).to(grid.dtype)  # K x cells x s*s -> labels
+        grid[n_, p, :, q, :] = (
+            _argmax0(corners @ weights).view(-1, s, s).to(grid.dtype)
+        )  # K x cells x s*s -> labels
     half = s // 2
     return grid.reshape(n, (h + 1) * s, (w + 1) * s)[:, half : half + h * s, half : half + w * s]
 

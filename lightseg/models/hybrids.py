@@ -56,10 +56,12 @@ def build_hybrid(
     name: str,
     num_classes: int,
     drop_path_rate: float | None = None,
+    backbone_options: dict[str, Any] | None = None,
     **head_options: Any,
 ) -> Segmentor:
     """Build the combination ``name`` of :data:`HYBRIDS`.
 
+    ``backbone_options`` go to the backbone's factory (e.g. ``pretrained_norm`` for VAN);
     ``head_options`` override fields of its head configuration (e.g. ``channels=64`` for CGRSeg,
     ``use_frm=False`` for FRM); an unknown field fails naming the valid ones.
     """
@@ -72,7 +74,7 @@ def build_hybrid(
         )
     head_cfg = replace(spec.head, **head_options)
     rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
-    backbone: nn.Module = get_entry(spec.backbone).factory(drop_path_rate=rate)
+    backbone: nn.Module = get_entry(spec.backbone).factory(drop_path_rate=rate, **(backbone_options or {}))
     if isinstance(head_cfg, FRMConfig):
         return build_frm(backbone, num_classes, head_cfg)
     return build_cgrseg(backbone, num_classes, head_cfg)
@@ -80,10 +82,15 @@ def build_hybrid(
 
 @register_model(kind="segmentor", family="cgrseg", backbone=HYBRIDS["cgrseg_van_b0"].backbone)
 def cgrseg_van_b0(
-    num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
+    num_classes: int = 150,
+    drop_path_rate: float | None = None,
+    pretrained_norm: bool = False,
+    **head_options: Any,
 ) -> Segmentor:
-    """CGRSeg-T head on VAN-B0 (strides 8/16/32, widths 64/160/256) -> logits at stride 8."""
-    return build_hybrid("cgrseg_van_b0", num_classes, drop_path_rate, **head_options)
+    """CGRSeg-T head on VAN-B0 (strides 8/16/32, widths 64/160/256) -> logits at stride 8.
+    ``pretrained_norm``: see :mod:`lightseg.models.van`."""
+    options = {"pretrained_norm": pretrained_norm}
+    return build_hybrid("cgrseg_van_b0", num_classes, drop_path_rate, options, **head_options)
 
 
 @register_model(kind="segmentor", family="cgrseg", backbone=HYBRIDS["cgrseg_effnetlite0"].backbone)
