@@ -83,6 +83,11 @@ class DivergenceError(LightsegError, RuntimeError):
     """Training produced non-finite values; names the last finite checkpoint."""
 
 
+class MemoryBudgetError(InputError):
+    """An input whose inference would take more memory than the budget (``--max-memory``) allows;
+    says what it would need and what to change."""
+
+
 class RequestError(InputError):
     """A request the segmentation server refuses (empty, too large, not an image, corrupt, bad
     option): ``status`` is the HTTP status (4xx) and ``code`` a stable machine-readable name."""

@@ -45,16 +45,20 @@ def config_from_weights(weights: str, tokens: list[str]) -> Any:
     from lightseg.checkpoint import TRAIN_FORMAT, read_checkpoint
     from lightseg.config import Config, apply_overrides, config_from_dict, given_fields
     from lightseg.deploy.formats import is_exported
+    from lightseg.meta import DEFAULT_TEST_SCALE
     from lightseg.training.checkpoints import load_train_checkpoint
     from lightseg.weights import resolve_path
 
     if is_exported(weights) or Path(weights).suffix == ".safetensors":
         # Weights without a training configuration: the model from the file, the data from you.
         cfg = Config()
-        if not is_exported(weights):
+        cfg.data.dataset = "folder"
+        if is_exported(weights):
+            cfg.data.test_scale = list(_file_test_scale(weights))
+        else:
             fields, _ = read_checkpoint(weights)
             cfg.model.name, cfg.model.kwargs = fields["name"], dict(fields.get("options", {}))
-        cfg.data.dataset = "folder"
+            cfg.data.test_scale = list(fields.get("test_scale", DEFAULT_TEST_SCALE))
         if "data.root" not in given_fields(tokens):
             raise ConfigError(f"{weights} records no dataset; add --data.root DIR (and --data.dataset NAME)")
         return apply_overrides(cfg, tokens)
@@ -63,6 +67,17 @@ def config_from_weights(weights: str, tokens: list[str]) -> Any:
     if ckpt.get("format") != TRAIN_FORMAT or "config" not in ckpt:
         raise ConfigError(f"{path} carries no configuration; give the recipe it was trained with")
     return apply_overrides(config_from_dict(ckpt["config"], source=str(path)), tokens)
+
+
+def _file_test_scale(path: str) -> tuple[int, int]:
+    """The scale an exported model is evaluated at: the one it records (its training's
+    ``data.test_scale``), at most the graph's own input size."""
+    from lightseg.deploy.metadata import exported_facts
+
+    meta, info = exported_facts(path)
+    h, w = info.input_size
+    long, short = max(meta.test_scale), min(meta.test_scale)
+    return min(long, max(h, w)), min(short, min(h, w))
 
 
 def run_eval(args: argparse.Namespace, rest: list[str]) -> int:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from lightseg.cli.options import add_scale_args, scale_arg
 from lightseg.errors import ConfigError
 
 TOKEN_ENV = "LIGHTSEG_SERVE_TOKEN"
@@ -36,6 +37,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="default: fp32 (a file: its own)",
     )
+    add_scale_args(p, "1.25G")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -103,6 +105,7 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
     try:
         import uvicorn
 
+        from lightseg.deploy.memory import SERVE_BUDGET
         from lightseg.deploy.options import RunnerOptions
         from lightseg.serve import Access, Limits, create_app, load_backend, server_config
         from lightseg.serve.guard import LOOPBACK_HOSTS
@@ -138,11 +141,15 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError(f"the token in {source}: {e}") from None
     ensure_descriptors(limits)
     backend = load_backend(
-        args.model, RunnerOptions(args.runtime, args.precision, threads=args.threads), weights=args.weights
+        args.model,
+        RunnerOptions(args.runtime, args.precision, threads=args.threads),
+        weights=args.weights,
+        scale=scale_arg(args.scale),
+        max_memory=args.max_memory or SERVE_BUDGET,
     )
     app = create_app(backend, limits, max_batch=args.max_batch, max_queue=args.max_queue, access=access)
     info = backend.info
-    print(f"lightseg serve: {info.name} ({info.num_classes} classes, {info.runtime}, {info.precision})")
+    print(f"lightseg serve: {backend.segmenter.describe()} ({info.num_classes} classes)")
     auth = "a bearer token" if token else "no authentication"
     where = "reachable from other machines" if exposed else "this machine only"
     print(f"lightseg serve: {where}, {auth}; answers to Host {', '.join(access.hosts)}")

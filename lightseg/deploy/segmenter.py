@@ -35,16 +35,16 @@ from lightseg.deploy.scale import (
     describe_scale,
     input_size,
     prepare,
-    ratio_sizes,
     resolve_scale,
 )
-from lightseg.errors import InputError
+from lightseg.errors import InputError, MemoryBudgetError
 from lightseg.inference import (
     average_probs,
     check_mode,
     forward_slide,
     pad_to_multiple,
     resize_logits,
+    scaled_sizes,
     upsample_argmax,
 )
 from lightseg.inference.upsample import DIRECT_WORKSPACE, label_dtype
@@ -206,7 +206,7 @@ class Segmenter:
 
     def _check(self, need: int, n: int, h: int, w: int, why: str) -> None:
         if need > self.budget:
-            raise InputError(
+            raise MemoryBudgetError(
                 f"a {w}x{h} image at scale {describe_scale(self.bound)} needs about {describe(need)} for "
                 f"{'a batch of ' + str(n) if n > 1 else 'one pass'}; the memory budget is {describe(self.budget)} "
                 f"({why}; raise --max-memory, or use a smaller --scale)"
@@ -251,10 +251,9 @@ class Segmenter:
         """N x K x H x W probabilities averaged over the scales and flips, as evaluation does."""
         h, w = arrays[0].shape[:2]
         o = self.options
-        sizes = ratio_sizes(h, w, self.bound, o["scales"])
-        inputs = [
-            prepare(arrays, self.input_size(*s) if s != (h, w) else s, self.mean, self.inv_std) for s in sizes
-        ]
+        fixed = self.runner.input_size  # an exported graph of fixed size sees each scale within it
+        sizes = [input_size(*s, None, fixed) for s in scaled_sizes(h, w, o["scales"], self.bound)]
+        inputs = [prepare(arrays, s, self.mean, self.inv_std) for s in sizes]
         return average_probs(
             self.runner,
             inputs,
@@ -300,10 +299,8 @@ class Segmenter:
             )
         array = to_rgb_array(image)
         h, w = array.shape[:2]
-        size = self.input_size(h, w)
-        need = (
-            self.cost.bytes(self._padded(size)[0] * self._padded(size)[1]) + 3 * self.num_classes * h * w * 4
-        )
+        hp, wp = self._padded(self.input_size(h, w))
+        need = self.cost.bytes(hp * wp) + 3 * self.num_classes * h * w * 4
         self._check(need, 1, h, w, "probabilities are K x H x W floats at the image's size")
         return self._probs([array])[0].cpu().numpy()
 

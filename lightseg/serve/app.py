@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from lightseg.errors import RequestError
+from lightseg.errors import InputError, MemoryBudgetError, RequestError
 from lightseg.serve.backend import Backend, ModelInfo
 from lightseg.serve.batcher import Batcher, Result
 from lightseg.serve.guard import Access, Guard, json_error
@@ -96,7 +96,12 @@ def create_app(
                 "runtime": info.runtime,
                 "precision": info.precision,
                 "max_batch": max_batch,
-                "limits": {"max_upload_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
+                "scale": None if info.scale is None else list(info.scale),
+                "limits": {
+                    "max_upload_bytes": limits.max_bytes,
+                    "max_pixels": limits.max_pixels,
+                    "max_memory_bytes": info.max_memory,
+                },
             }
         )
 
@@ -114,8 +119,10 @@ def create_app(
         try:
             data = await _read_upload(request, limits)
             image = await run_in_threadpool(decode_image, data, limits)
+            del data  # the upload's bytes are not needed once decoded
         finally:
             uploading -= 1
+        await run_in_threadpool(_admit, backend, image)
         decoded = time.perf_counter()
         result = await batcher.segment(image)
         if fmt == "png":
@@ -255,6 +262,17 @@ def _summary(info: ModelInfo, image: np.ndarray, result: Result, with_overlay: b
         png = _png(overlay(image, labels, info.palette, alpha))
         payload["overlay"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return payload
+
+
+def _admit(backend: Backend, image: np.ndarray) -> None:
+    """Refuse now what the model cannot run: an image too elongated for its scale (422) or one
+    whose pass would not fit the memory budget (413)."""
+    try:
+        backend.admit(*image.shape[:2])
+    except MemoryBudgetError as e:
+        raise RequestError(413, "over_memory_budget", str(e)) from None
+    except InputError as e:
+        raise RequestError(422, "image_not_segmentable", str(e)) from None
 
 
 def _timing(start: float, decoded: float, result: Result) -> dict[str, float]:

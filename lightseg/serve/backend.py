@@ -17,11 +17,13 @@ import numpy as np
 from torch import nn
 
 from lightseg.deploy.formats import is_exported
+from lightseg.deploy.memory import SERVE_BUDGET
 from lightseg.deploy.options import RunnerOptions
 from lightseg.deploy.segmenter import Segmenter
 from lightseg.errors import ConfigError, WeightsNotFoundError
 
-# The server's batcher decides batch sizes: the segmenter never splits a batch it is given.
+# The server's batcher decides batch sizes; the segmenter splits a batch only where its memory
+# budget holds fewer images.
 BATCH_ANY = 1 << 16
 
 
@@ -37,6 +39,8 @@ class ModelInfo:
     precision: str
     size_divisor: int
     input_size: tuple[int, int] | None = None
+    scale: tuple[int, int] | None = None  # (long, short) bound images are resized to; None: native
+    max_memory: int = 0  # bytes one pass may allocate beyond the loaded model
 
     @property
     def num_classes(self) -> int:
@@ -55,12 +59,19 @@ class Backend:
         """H x W x 3 uint8 RGB images of one size -> H x W integer label maps."""
         return list(self.segmenter(list(images)))
 
+    def admit(self, height: int, width: int) -> None:
+        """Refuse, before it waits for the worker, an image the model cannot see at its scale or
+        whose pass would not fit the memory budget (an InputError saying which)."""
+        self.segmenter.plan(1, height, width)
+
 
 def load_backend(
     source: nn.Module | str | os.PathLike,
     options: RunnerOptions | None = None,
     *,
     weights: str | os.PathLike | None = None,
+    scale: Any = "model",
+    max_memory: int | str = SERVE_BUDGET,
     **option_fields: Any,
 ) -> Backend:
     """A :class:`Backend` for a model object, a lightseg checkpoint, an exported ``.onnx`` / ``.xml``
@@ -83,7 +94,7 @@ def load_backend(
             )
     if is_exported(source) and options.runtime == "torch":
         options = options.replace(runtime=None)  # an exported file runs on its own runtime
-    seg = Segmenter(source, options, weights=weights, batch_size=BATCH_ANY)
+    seg = Segmenter(source, options, weights=weights, batch_size=BATCH_ANY, scale=scale, max_memory=max_memory)
     info = ModelInfo(
         name=seg.meta.name,
         classes=tuple(seg.classes),
@@ -92,5 +103,7 @@ def load_backend(
         precision=seg.precision,
         size_divisor=seg.runner.size_divisor,
         input_size=seg.runner.input_size,
+        scale=seg.bound,
+        max_memory=seg.budget,
     )
     return Backend(seg, info)

@@ -57,8 +57,9 @@ class FileRunner(Runner):
         if h > sh or w > sw:
             raise InputError(
                 f"{self.path} was exported for {sh}x{sw} inputs; this one is {h}x{w} after padding to a "
-                f"multiple of {self.size_divisor}: export at that size (`lightseg export ... --size {h} {w}`) "
-                f"or use sliding windows (`--mode slide --crop-size {sh} {sw}`)"
+                f"multiple of {self.size_divisor}: see images at a scale that fits (`--data.test_scale "
+                f"{max(sh, sw)} {min(sh, sw)}` in eval, `--scale model` in predict), export at that size "
+                f"(`lightseg export ... --size {h} {w}`) or use sliding windows (`--mode slide --crop-size {sh} {sw}`)"
             )
         xp = F.pad(x, (0, sw - w, 0, sh - h)) if (h, w) != (sh, sw) else x
         if self.info.batch is None or n == self.info.batch:
