@@ -112,7 +112,8 @@ def test_health_and_model_metadata(client):
     assert meta["classes"] == CAMVID_CLASSES and meta["palette"] == CAMVID_PALETTE
     assert (meta["num_classes"], meta["runtime"], meta["precision"]) == (11, "torch", "fp32")
     assert meta["input_size"] is None and meta["size_divisor"] == 32
-    assert meta["limits"] == {"max_upload_bytes": 600_000, "max_pixels": 400_000}
+    assert meta["limits"] == {"max_upload_bytes": 600_000, "max_pixels": 400_000, "max_memory_bytes": 1_342_177_280}
+    assert meta["scale"] == [2048, 512]  # the model records no scale of its own: the papers' ADE20K one
 
 
 def test_segment_png_equals_segmenter_on_camvid(client, reference, camvid_image):
@@ -386,3 +387,28 @@ def test_an_exported_openvino_file_is_served_with_its_own_facts(checkpoint, tmp_
         assert r.status_code == 200, r.text
         assert client.get("/v1/model").json()["runtime"] == "openvino"
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), Segmenter(xml)(image))
+
+
+def test_large_and_elongated_uploads_at_the_models_scale(checkpoint):
+    """An 8 MP upload is seen at the model's scale (2896 x 2896 -> 512 x 512) and answered at its own
+    size; one too elongated to be seen at that scale is a 4xx naming the scale, not a 500."""
+    rng = np.random.default_rng(5)
+    square = np.repeat(np.repeat(rng.integers(0, 256, (362, 362, 3), dtype=np.uint8), 8, 0), 8, 1)
+    backend = load_backend(checkpoint)
+    with serving(create_app(backend, Limits(), max_batch=4)) as base, httpx.Client(base_url=base, timeout=300) as c:
+        assert c.get("/v1/model").json()["limits"]["max_pixels"] >= 2896 * 2896
+        r = c.post("/v1/segment", content=encode(square))
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (2896, 2896)
+        elongated = c.post("/v1/segment", content=encode(np.zeros((32, 262144, 3), np.uint8)))
+        assert elongated.status_code == 422 and elongated.json()["error"] == "image_not_segmentable"
+        assert "too elongated" in elongated.json()["message"] and "2048x512" in elongated.json()["message"]
+        assert c.get("/healthz").json()["status"] == "ok"
+
+
+def test_an_upload_over_the_memory_budget_is_a_413_naming_the_budget(checkpoint):
+    backend = load_backend(checkpoint, scale="native", max_memory="300M")
+    with serving(create_app(backend, Limits(), max_batch=4)) as base, httpx.Client(base_url=base, timeout=300) as c:
+        r = c.post("/v1/segment", content=encode(np.zeros((2048, 2048, 3), np.uint8)))
+        assert r.status_code == 413 and r.json()["error"] == "over_memory_budget"
+        assert "the memory budget is 300 MB" in r.json()["message"]
+        assert c.post("/v1/segment", content=encode(np.zeros((64, 64, 3), np.uint8))).status_code == 200

@@ -51,6 +51,9 @@ class StandIn(Backend):
     def __init__(self):
         super().__init__(None, INFO)
 
+    def admit(self, height, width):
+        pass  # any image runs
+
     def segment(self, images):
         if any(im[0, 0, 0] == 13 for im in images):
             raise RuntimeError("a bug in the model")  # the 500 path

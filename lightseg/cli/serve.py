@@ -105,8 +105,9 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
     try:
         import uvicorn
 
-        from lightseg.deploy.memory import SERVE_BUDGET
+        from lightseg.deploy.memory import SERVE_BUDGET, describe
         from lightseg.deploy.options import RunnerOptions
+        from lightseg.deploy.scale import describe_scale
         from lightseg.serve import Access, Limits, create_app, load_backend, server_config
         from lightseg.serve.guard import LOOPBACK_HOSTS
         from lightseg.serve.server import ensure_descriptors
@@ -149,7 +150,9 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
     )
     app = create_app(backend, limits, max_batch=args.max_batch, max_queue=args.max_queue, access=access)
     info = backend.info
-    print(f"lightseg serve: {backend.segmenter.describe()} ({info.num_classes} classes)")
+    print(f"lightseg serve: {info.name} ({info.num_classes} classes, {info.runtime}, {info.precision})")
+    seg = backend.segmenter
+    print(f"lightseg serve: images seen at scale {describe_scale(seg.bound)}; passes within {describe(seg.budget)}")
     auth = "a bearer token" if token else "no authentication"
     where = "reachable from other machines" if exposed else "this machine only"
     print(f"lightseg serve: {where}, {auth}; answers to Host {', '.join(access.hosts)}")

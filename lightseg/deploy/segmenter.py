@@ -166,34 +166,37 @@ class Segmenter:
 
     def plan(self, n: int, h: int, w: int) -> Plan:
         """How ``n`` h x w images run within the budget: the whole image when it fits, else sliding
-        windows as large as fit (the file's size for an exported graph), else an InputError."""
+        windows as large as fit (the file's size for an exported graph), else a
+        :class:`~lightseg.errors.MemoryBudgetError` with the figures."""
         size = self.input_size(h, w)
-        hp, wp = self._padded(size)
-        k, o = self.num_classes, self.options
-        labels = n * h * w * LABEL_BYTES_PER_PIXEL + 2 * DIRECT_WORKSPACE
-        if not self.single_pass:  # probabilities of every pass, averaged at the image's own size
-            need = self.cost.bytes(hp * wp, n) + 3 * n * k * h * w * 4
-            self._check(
-                need,
-                n,
-                h,
-                w,
-                "multi-scale/flip inference averages K x H x W probabilities; drop --scales/--flip",
-            )
+        o = self.options
+        need = self._bytes(n, h, w, size)
+        if not self.single_pass:
+            why = "multi-scale/flip inference averages K x H x W probabilities; drop --scales/--flip"
+            self._check(need, n, h, w, why)
             return Plan(n, size, o["mode"], o["crop_size"], o["stride"], need)
-        resized = (
-            n * k * hp * wp * 4 if size != (h, w) else 0
-        )  # logits at the input size, before the last resize
-        need = self.cost.bytes(hp * wp, n) + resized + labels
         if need <= self.budget:
             return Plan(n, size, "whole", o["crop_size"], o["stride"], need)
         # Sliding windows: the logits of the whole input are accumulated, one window runs at a time.
-        fixed = labels + 2 * n * k * size[0] * size[1] * 4
+        fixed = self._labels_bytes(n, h, w) + 2 * n * self.num_classes * size[0] * size[1] * 4
         crop = self._window(n, self.budget - fixed)
         need = fixed + self.cost.bytes(crop[0] * crop[1], n)
         self._check(need, n, h, w, "even its sliding windows do not fit")
         stride = (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
         return Plan(n, size, "slide", crop, stride, need)
+
+    def _bytes(self, n: int, h: int, w: int, size: tuple[int, int]) -> int:
+        """Memory of ``n`` h x w images run at ``size`` as the options say (whole image, or the
+        probabilities of every multi-scale/flip pass averaged at the image's own size)."""
+        hp, wp = self._padded(size)
+        k = self.num_classes
+        if not self.single_pass:
+            return self.cost.bytes(hp * wp, n) + 3 * n * k * h * w * 4
+        resized = n * k * hp * wp * 4 if size != (h, w) else 0  # logits at the input size
+        return self.cost.bytes(hp * wp, n) + resized + self._labels_bytes(n, h, w)
+
+    def _labels_bytes(self, n: int, h: int, w: int) -> int:
+        return n * h * w * LABEL_BYTES_PER_PIXEL + 3 * DIRECT_WORKSPACE  # bands of the direct computation
 
     def _window(self, n: int, room: int) -> tuple[int, int]:
         """The largest square window (a multiple of the size divisor) whose pass fits ``room``; an
@@ -214,10 +217,8 @@ class Segmenter:
 
     def _batch_size(self, h: int, w: int) -> int:
         """At most ``batch_size`` images of h x w, and no more than the budget holds."""
-        n = self.batch_size
-        while n > 1 and self.plan(n, h, w).bytes > self.budget:
-            n = max(1, n // 2)
-        return n
+        one = max(self._bytes(1, h, w, self.input_size(h, w)), 1)
+        return max(1, min(self.batch_size, self.budget // one))
 
     # ---- labels --------------------------------------------------------------------------------
     @torch.no_grad()

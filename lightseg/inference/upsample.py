@@ -130,7 +130,7 @@ def _pixel_argmax(
 # boundary-only computation costs more than upsampling everything.
 MAX_BOUNDARY_FRACTION = 0.25
 # Memory the direct computation may use at once; larger outputs are computed a band of rows at a time.
-DIRECT_WORKSPACE = 64 * 2**20
+DIRECT_WORKSPACE = 32 * 2**20
 
 
 def label_dtype(num_classes: int) -> torch.dtype:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -15,6 +16,10 @@ from lightseg.deploy.runners.base import Runner
 from lightseg.deploy.runners.files import FileRunner
 from lightseg.errors import InputError
 from lightseg.meta import model_meta
+
+# Sessions kept open, one per input size (the files stay in the export cache): images of many sizes
+# must not hold a session each.
+OPEN_SIZES = 4
 
 
 class ExportingRunner(Runner):
@@ -34,12 +39,16 @@ class ExportingRunner(Runner):
         self.options = options.replace(
             optimize="fold-bn" if options.optimize == "compile" else options.optimize
         )
-        self._files: dict[tuple[int, int], FileRunner] = {}
+        self._files: OrderedDict[tuple[int, int], FileRunner] = OrderedDict()
         self._lock = threading.Lock()
 
     def file_runner(self, h: int, w: int) -> FileRunner:
         with self._lock:  # one export per size, also when threads ask at once
-            if (h, w) not in self._files:
+            if (h, w) in self._files:
+                self._files.move_to_end((h, w))
+            else:
+                while len(self._files) >= OPEN_SIZES:  # each size holds a session: keep the recent ones
+                    self._files.popitem(last=False)
                 o = self.options
                 calib = None
                 if self.precision == "int8":
