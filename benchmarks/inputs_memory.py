@@ -143,7 +143,7 @@ def serve_part(ckpt: Path, upload: Path, runtime: str, clients: int, requests: i
         with ThreadPoolExecutor(clients) as pool:
             answers = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - t0
-        status = open(f"/proc/{server.pid}/status").read()
+        status = Path(f"/proc/{server.pid}/status").read_text()
         peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
         latencies = sorted(s for code, s in answers if code == 200)
         by_status: dict[str, int] = {}
