@@ -163,8 +163,9 @@ def test_segmenter_and_predict_from_the_exported_file_equal_the_checkpoint(check
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)  # padded to 96x128
-    ref = Segmenter(checkpoint, runtime="torch", optimize="none")(img)
+    img = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    # the files see an image at most at their 96x128 size: the checkpoint at the same scale
+    ref = Segmenter(checkpoint, runtime="torch", optimize="none", scale=(128, 96))(img)
     Image.fromarray(img).save(tmp_path / "x.png")
     for fmt, path in exported.items():
         assert (Segmenter(path)(img) == ref).mean() >= 0.999
@@ -185,6 +186,15 @@ def test_eval_with_only_the_exported_file_gives_the_checkpoints_miou(
     ref = miou(checkpoint)
     for path in exported.values():
         assert miou(path) == pytest.approx(ref, abs=0.02)
+
+
+def test_eval_of_an_exported_file_without_a_scale_sees_images_at_the_files_size(exported, camvid_pair, capsys):
+    argv = ["eval", "--weights", str(exported["onnx"]), "--data.dataset", "camvid", "--data.root", str(camvid_pair)]
+    assert main([*argv, "--split", "test", "--format", "json"]) == 0  # 360x480 seen at 96x128
+    assert 0 <= json.loads(capsys.readouterr().out)["mIoU"] <= 100
+    assert main([*argv, "--split", "test", "--data.test_scale", "[480, 360]"]) == 2
+    err = capsys.readouterr().err
+    assert "was exported for 96x128 inputs" in err and "--data.test_scale 128 96" in err
 
 
 def test_bench_times_an_exported_file(exported, capsys):
