@@ -149,7 +149,7 @@ def lightseg_outcome(load, path: Path) -> str:
             return f"FAILED: error without the file: {message[:120]}"
         why = message.split(str(path), 1)[1].lstrip(": ")
         return "detected: " + " ".join(why.split()[:6])
-    except Exception as e:  # noqa: BLE001 - a failure of the check, recorded
+    except Exception as e:
         return f"FAILED: {type(e).__name__}: {str(e)[:120]}"
     return "FAILED: loaded"
 
@@ -178,7 +178,7 @@ def plain_safetensors_load(path: Path):
 def plain_outcome(load, path: Path, pristine) -> str:
     try:
         got = load(path)
-    except Exception:  # noqa: BLE001 - any refusal counts
+    except Exception:
         return "refused"
     return "loaded, identical content" if same(got, pristine) else "loaded, DIFFERENT content"
 
@@ -189,7 +189,7 @@ def plain_outcome(load, path: Path, pristine) -> str:
 
 class Synthetic(torch.utils.data.Dataset):
     num_classes, ignore_index = 11, 255
-    classes = [f"c{i}" for i in range(11)]
+    classes = tuple(f"c{i}" for i in range(11))
 
     def __len__(self):
         return 8
@@ -316,7 +316,8 @@ def markdown(result: dict) -> str:
         "# Checkpoint digest: cost and bit flips",
         "",
         f"{result['hardware']}, torch {result['torch']}, {result['threads']} threads, files on "
-        f"{result['filesystem']}; `{result['command']}` ({result['date']}).",
+        f"{result['filesystem']}; `{result['command']}` ({result['date']}; load average "
+        f"{', '.join(f'{x:.1f}' for x in result['load_average'])} at the end: a shared machine).",
         "",
         f"## Cost on a {c['file_mb']} MB training checkpoint ({result['model']}, model + AdamW state)",
         "",

@@ -14,7 +14,6 @@ from test_engine import DiesAfter, Killed, SyntheticSet, TinySeg, _fresh_model, 
 
 from lightseg.cli import main
 from lightseg.errors import (
-    CheckpointError,
     ConfigError,
     DataError,
     DivergenceError,
