@@ -129,7 +129,7 @@ def check_declared(path: str | os.PathLike, obj: Any, verified: bool) -> None:
 def damaged(path: Path, why: str) -> CheckpointError:
     return CheckpointError(
         f"{path}: damaged ({why}): the file changed after lightseg wrote it (bit rot, a failing disk, "
-        "an incomplete copy) and was not used. Use an intact copy."
+        "an incomplete copy) and was not used; use an intact copy"
     )
 
 
