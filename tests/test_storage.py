@@ -352,3 +352,29 @@ def test_weights_onto_a_full_disk_are_one_line(disk, tiny):
         save_weights(create_model("cgrseg_t", num_classes=3), d.path / "w.safetensors")
     _one_line_naming(e.value, d.path / "w.safetensors", "the disk is full")
     assert _leftovers(d.path) == []
+
+
+def test_predict_of_a_video_onto_a_full_disk_removes_both_videos(disk, tiny, tmp_path):
+    av = pytest.importorskip("av")
+    src = tmp_path / "clip.mp4"
+    noise = np.random.default_rng(0)
+    with av.open(str(src), mode="w") as out:
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for _ in range(10):
+            frame = noise.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+            for p in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    d = disk(size="256k")
+    (d.path / "out").mkdir()
+    d.fill()
+    with pytest.raises(StorageError) as e:
+        predict_paths(Segmenter(tiny, runtime="torch"), [src], d.path / "out", progress=False)
+    assert str(e.value).startswith(f"cannot write video {d.path / 'out' / 'clip_'}")
+    assert "the disk is full" in str(e.value) and "\n" not in str(e.value)
+    assert list((d.path / "out").iterdir()) == []
+    d.free()
+    report = predict_paths(Segmenter(tiny, runtime="torch"), [src], d.path / "out", progress=False)
+    assert sorted(p.name for p in report.written) == ["clip_labels.mp4", "clip_overlay.mp4"]
