@@ -14,12 +14,12 @@ from test_engine import DiesAfter, Killed, SyntheticSet, TinySeg, _fresh_model, 
 
 from lightseg.cli import main
 from lightseg.errors import (
-    CheckpointError,
     ConfigError,
     DataError,
     DivergenceError,
     LightsegError,
     OutOfMemoryError,
+    StorageError,
 )
 from lightseg.training import checkpoints, train
 from lightseg.training.checkpoints import load_train_checkpoint
@@ -151,7 +151,11 @@ def test_disk_full_during_a_checkpoint_names_the_path_and_leaves_no_tmp(tmp_path
 
     monkeypatch.setattr(checkpoints.torch, "save", full_disk)
     over = {"train.iters": 6, "run.allow_changes": "[train.iters]"}
-    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'last.pt'}: the disk is full"):
+    with pytest.raises(
+        StorageError,
+        match=rf"^cannot write checkpoint {tmp_path / 'last.pt'}: the disk is full; the previous last.pt is intact\. "
+        rf"Free some space, then run the same command again to resume from {tmp_path / 'last.pt'} at iteration 3\.$",
+    ):
         train(tiny_cfg(tmp_path, **over), model=_fresh_model(), train_set=SyntheticSet())
     assert not list(tmp_path.glob("*.tmp"))
     assert (tmp_path / "last.pt").read_bytes() == good

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from lightseg.deploy.export_onnx import export_onnx_file
 from lightseg.deploy.export_openvino import export_openvino
 from lightseg.deploy.formats import check_format
 from lightseg.deploy.graph import check_export_size, inference_graph
+from lightseg.storage import publish, staging
 
 
 def export_pt2(
@@ -34,9 +36,13 @@ def export_pt2(
     dyn = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     with torch.no_grad():
         program = torch.export.export(graph, (torch.randn(batch, 3, h, w),), dynamic_shapes=dyn)
+    # Serialised in memory, then written: torch's zip writer, given a path on a disk that fills up,
+    # leaves a writer that aborts the whole process when it is garbage-collected later.
+    archive = io.BytesIO()
+    torch.export.save(program, archive)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(path))
+    path.write_bytes(archive.getbuffer())
     return path
 
 
@@ -48,12 +54,25 @@ def export_model(
     *,
     precision: str = "fp32",
     calibration: Iterable[np.ndarray] | None = None,
+    then: str = "run the export again",
     **kw,
 ) -> Path:
-    """Write ``model`` as ``fmt`` (onnx, openvino, pt2) at ``precision``; see the format's exporter."""
+    """Write ``model`` as ``fmt`` (onnx, openvino, pt2) at ``precision``; see the format's exporter.
+
+    The file is made in a folder beside ``path`` and moved into place when finished (an OpenVINO IR:
+    the ``.bin``, then the ``.xml``), so ``path`` is complete or absent. A failed write (a full,
+    read-only or vanished disk) is one :class:`~lightseg.errors.StorageError` naming ``path``;
+    ``then`` says how to go on once fixed."""
     check_format(fmt, precision)
-    if fmt == "onnx":
-        return export_onnx_file(model, path, size, precision=precision, calibration=calibration, **kw)
-    if fmt == "openvino":
-        return export_openvino(model, path, size, precision=precision, calibration=calibration, **kw)
-    return export_pt2(model, path, size, **kw)
+    path = Path(path)
+    with staging(path, f"the {fmt} export", then) as folder:
+        made = folder / path.name
+        if fmt == "onnx":
+            export_onnx_file(model, made, size, precision=precision, calibration=calibration, **kw)
+        elif fmt == "openvino":
+            export_openvino(model, made, size, precision=precision, calibration=calibration, **kw)
+            publish(made.with_suffix(".bin"), path.with_suffix(".bin"))
+        else:
+            export_pt2(model, made, size, **kw)
+        publish(made, path)
+    return path

@@ -9,8 +9,6 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,22 +77,12 @@ def cached_export(
     )  # fmt: skip
     key = content_key(model, options)
     folder = Path(cache_dir) if cache_dir else export_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     stem = f"{model_meta(model).name}_{size[0]}x{size[1]}_{optimize}_{output}_{precision}_{key[:16]}"
     path = folder / (stem + FORMATS[fmt].suffix)
     if path.is_file() and (fmt != "openvino" or path.with_suffix(".bin").is_file()):
         return path
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder))
-    try:
-        kw: dict[str, Any] = dict(batch=batch, dynamic_batch=dynamic_batch, output=output, optimize=optimize)
-        if fmt == "onnx":
-            kw["opset"] = opset
-        made = export_model(
-            model, tmp / path.name, size, fmt, precision=precision, calibration=calibration, **kw
-        )
-        if fmt == "openvino":  # the .bin first: a reader that finds the .xml finds its weights
-            os.replace(made.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(made, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    kw: dict[str, Any] = dict(batch=batch, dynamic_batch=dynamic_batch, output=output, optimize=optimize)
+    if fmt == "onnx":
+        kw["opset"] = opset
+    then = "run again" + ("" if cache_dir else " (or set LIGHTSEG_CACHE to a folder on another disk)")
+    return export_model(model, path, size, fmt, precision=precision, calibration=calibration, then=then, **kw)

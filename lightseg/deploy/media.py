@@ -6,6 +6,7 @@ unreadable file fails with an :class:`~lightseg.errors.InputError` naming it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from collections.abc import Iterator, Sequence
@@ -18,7 +19,8 @@ from PIL import Image
 
 from lightseg.data.base import IMAGE_SUFFIXES  # the one list, shared with the datasets
 from lightseg.data.base import read_image as read_dataset_image
-from lightseg.errors import DataError, InputError, InputNotFoundError
+from lightseg.errors import DataError, InputError, InputNotFoundError, StorageError
+from lightseg.storage import storage_error
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 ImageLike = np.ndarray | Image.Image | torch.Tensor
@@ -204,33 +206,58 @@ def _even(frame: np.ndarray) -> np.ndarray:
 
 class VideoWriter:
     """An H.264 (or MPEG-4 Part 2 without libx264) ``.mp4`` written frame by frame; odd sides are
-    padded by one pixel. Use as a context manager: closing flushes the encoder."""
+    padded by one pixel. Use as a context manager: closing flushes the encoder. A write that fails
+    (a full, read-only or vanished disk) removes the file and raises one
+    :class:`~lightseg.errors.StorageError` naming it."""
 
     def __init__(self, path: Path, rate):
         self.path = Path(path)
         self._av = _av(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._sink = self._av.open(str(self.path), mode="w")
         self._rate = rate
         self._stream = None
+        self._closed = True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = self._av.open(str(self.path), mode="w")
+        except OSError as e:
+            raise self._failed(e) from e
+        self._closed = False
 
     def write(self, rgb: np.ndarray) -> None:
         frame = _even(np.asarray(rgb, dtype=np.uint8))
-        if self._stream is None:
-            codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
-            self._stream = self._sink.add_stream(codec, rate=self._rate)
-            self._stream.height, self._stream.width = frame.shape[:2]
-            self._stream.pix_fmt = "yuv420p"
-        for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            self._sink.mux(packet)
+        try:
+            if self._stream is None:
+                codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
+                self._stream = self._sink.add_stream(codec, rate=self._rate)
+                self._stream.height, self._stream.width = frame.shape[:2]
+                self._stream.pix_fmt = "yuv420p"
+            for packet in self._stream.encode(self._av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._sink.mux(packet)
+        except OSError as e:
+            raise self._failed(e) from e
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
-            if self._stream is not None:
-                for packet in self._stream.encode():
-                    self._sink.mux(packet)
-        finally:
-            self._sink.close()
+            try:
+                if self._stream is not None:
+                    for packet in self._stream.encode():
+                        self._sink.mux(packet)
+            finally:
+                self._sink.close()
+        except OSError as e:
+            raise self._failed(e) from e
+
+    def _failed(self, e: OSError) -> StorageError:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._sink.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        return storage_error(e, self.path, "video", "run predict again")  # an OSError: never None
 
     def __enter__(self) -> VideoWriter:
         return self

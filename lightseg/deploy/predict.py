@@ -4,16 +4,18 @@ folders, globs and videos and write label PNGs, overlays and label videos."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from lightseg.deploy.media import VideoReader, VideoWriter, collect_inputs, read_image
 from lightseg.deploy.segmenter import Segmenter
-from lightseg.errors import InputError
+from lightseg.errors import InputError, StorageError
+from lightseg.storage import atomic_file, storage_error
 from lightseg.visualize import colorize, draw_legend, label_to_rgb, overlay
 
 OVERLAY_FORMATS = ("jpg", "png")
@@ -51,18 +53,29 @@ def predict_image(
         labels = probs.argmax(0)
     else:
         probs, labels = None, seg(image)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
     label_path = out_stem.with_name(out_stem.name + ".png")
     overlay_path = out_stem.with_name(f"{out_stem.name}_overlay.{overlay_format}")
-    colorize(labels, seg.palette).save(label_path)
+    _write(label_path, lambda f: colorize(labels, seg.palette).save(f, format="PNG"))
     picture = overlay_with_legend(seg, image, labels, alpha)
-    picture.save(overlay_path, **({"quality": 92} if overlay_format == "jpg" else {}))
+    options = {"format": "JPEG", "quality": 92} if overlay_format == "jpg" else {"format": "PNG"}
+    _write(overlay_path, lambda f: picture.save(f, **options))
     written = [label_path, overlay_path]
     if probs is not None:
         prob_path = out_stem.with_name(out_stem.name + "_probs.npy")
-        np.save(prob_path, probs.astype(np.float16))
+        _write(prob_path, lambda f: np.save(f, probs.astype(np.float16)))
         written.append(prob_path)
     return written
+
+
+def _write(path: Path, save: Callable[[BinaryIO], object]) -> None:
+    """One output file, complete or absent: a full, read-only or vanished disk stops predict with one
+    :class:`~lightseg.errors.StorageError` naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(e, path, "prediction", "run predict again") from e
+    with atomic_file(path, "prediction", "run predict again", durable=False) as f:  # no 10 ms sync per file
+        save(f)
 
 
 def predict_video(
@@ -76,15 +89,20 @@ def predict_video(
     reader = VideoReader(path)
     paths = [out_stem.with_name(out_stem.name + s) for s in ("_overlay.mp4", "_labels.mp4")]
     bar = tqdm(total=reader.expected, desc=path.name, unit="frame", disable=not progress)
-    with VideoWriter(paths[0], reader.rate) as over_out, VideoWriter(paths[1], reader.rate) as label_out:
-        try:
-            for rgb in reader:
-                labels = seg(rgb)
-                over_out.write(np.asarray(overlay_with_legend(seg, rgb, labels, alpha)))
-                label_out.write(label_to_rgb(labels, seg.palette))
-                bar.update(1)
-        finally:
-            bar.close()
+    try:
+        with VideoWriter(paths[0], reader.rate) as over_out, VideoWriter(paths[1], reader.rate) as label_out:
+            try:
+                for rgb in reader:
+                    labels = seg(rgb)
+                    over_out.write(np.asarray(overlay_with_legend(seg, rgb, labels, alpha)))
+                    label_out.write(label_to_rgb(labels, seg.palette))
+                    bar.update(1)
+            finally:
+                bar.close()
+    except StorageError:  # one video could not be written: the other, cut short, goes too
+        for p in paths:
+            p.unlink(missing_ok=True)
+        raise
     return paths
 
 

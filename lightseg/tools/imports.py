@@ -33,6 +33,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lightseg.visualize",
             "lightseg.weights",
             "lightseg.checkpoint",
+            "lightseg.digest",
+            "lightseg.storage",
             "lightseg.fuse",
         ),
     ),

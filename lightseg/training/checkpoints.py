@@ -2,12 +2,12 @@
 
 A checkpoint (``last.pt``, ``best.pt``, ``iter_<N>.pt``) holds everything needed to continue the
 very same run: model, loss, optimizer, scheduler, scaler and EMA states, the iteration, every
-process's RNG state and the resolved config.
+process's RNG state and the resolved config. Every checkpoint ends in the SHA-256 of its bytes
+(:mod:`lightseg.digest`), checked whenever it is read: a damaged one is never resumed from.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from lightseg.checkpoint import TRAIN_FORMAT
+from lightseg.checkpoint import TRAIN_FORMAT, load_torch_file
+from lightseg.digest import ALGORITHM, MARKER_KEY, SealingWriter, verify
 from lightseg.errors import CheckpointError, DivergenceError, WeightsNotFoundError
 from lightseg.meta import META_KEY
+from lightseg.storage import atomic_file
 from lightseg.training.state import RunContext, TrainState, rng_state
 
 CKPT_LAST = "last.pt"
@@ -51,53 +53,33 @@ def nonfinite_state(named: dict[str, torch.Tensor]) -> list[str]:
     ]
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``<path>.tmp``, fsync, then rename over ``path``.
+def atomic_save(
+    obj: Any, path: str | os.PathLike, then: str = "run the same command again to resume"
+) -> Path:
+    """``torch.save`` to ``<path>.tmp`` with the file's digest as its last bytes (:mod:`lightseg.digest`),
+    fsync, then rename over ``path``.
 
     The rename is atomic on POSIX: at every moment ``path`` is either the previous complete file or
     the new complete file, so a run killed mid-write keeps its last good checkpoint. A write that
-    fails (a full disk) removes the temporary file and names the path.
+    fails (a full, read-only or vanished disk) removes the temporary file and raises one
+    :class:`~lightseg.errors.StorageError` naming the path; ``then`` says how to go on once fixed.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: "
-            + ("the disk is full" if full else f"{e.strerror or e}")
-            + f"; the partial file was removed and the previous {path.name} (if any) is intact. "
-            + ("Free some space" if full else "Fix the folder")
-            + " and run the same command again to resume."
-        ) from e
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    kept = f"the previous {path.name} is intact" if path.is_file() else ""
+    with atomic_file(path, "checkpoint", then, kept) as f:
+        writer = SealingWriter(f)
+        torch.save(obj, writer)
+        writer.seal()
     return path
 
 
 def load_train_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a ``lightseg-train`` checkpoint (safely: tensors and plain containers only)."""
+    """Read a ``lightseg-train`` checkpoint (safely: tensors and plain containers only), verified
+    against its digest."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint to resume from not found: {path}")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    obj = load_torch_file(path)
     if not (isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT):
         raise CheckpointError(f"{path}: not a lightseg training checkpoint (no format={TRAIN_FORMAT!r})")
     return obj
@@ -115,6 +97,7 @@ def save_checkpoint(ctx: RunContext, state: TrainState, name: str) -> None:
         dist.all_gather_object(rngs, rng_state())
     ckpt = {
         "format": TRAIN_FORMAT,
+        MARKER_KEY: ALGORITHM,  # this file ends in its digest: a load without one is refused
         "model": ctx.model.state_dict(),
         META_KEY: _meta_json(ctx.model),
         "num_classes": int(getattr(ctx.model, "num_classes", 0)),  # also for models built by hand
@@ -133,7 +116,7 @@ def save_checkpoint(ctx: RunContext, state: TrainState, name: str) -> None:
         return
     if name == CKPT_LAST:
         _keep_previous(ctx.work_dir, state, ctx.cfg.train.keep_checkpoints)
-    path = atomic_save(ckpt, ctx.work_dir / name)
+    path = atomic_save(ckpt, ctx.work_dir / name, _then_resume(state))
     if name == CKPT_LAST:
         state.last_checkpoint = path
         state.last_iteration_saved = state.last_pt_iteration = state.iteration
@@ -161,17 +144,41 @@ def _keep_previous(work_dir: Path, state: TrainState, keep: int) -> None:
     last, held = work_dir / CKPT_LAST, state.last_pt_iteration
     if keep > 1 and last.is_file() and held is not None and held < state.iteration:
         previous = work_dir / CKPT_PREVIOUS.format(held)
-        previous.unlink(missing_ok=True)
         try:
+            previous.unlink(missing_ok=True)
             os.link(last, previous)
-        except OSError:  # a file system without hard links
-            shutil.copy2(last, previous)
+        except OSError:  # a file system without hard links (a failing one: the copy names the cause)
+            kept = f"{last} is intact"
+            with atomic_file(previous, "checkpoint", _then_resume(state), kept) as f, open(last, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
     for old in previous_checkpoints(work_dir)[max(keep - 1, 0) :]:
         old.unlink()
 
 
+def _then_resume(state: TrainState) -> str:
+    """What to do once the disk is fixed: resume from the last checkpoint, if it is still there."""
+    last = state.last_checkpoint
+    if last is None:
+        return "run the same command again"
+    if not last.is_file():
+        return f"run the same command again: {last} is gone too, so the run starts over"
+    return f"run the same command again to resume from {checkpoint_where(state)}"
+
+
 def last_finite(state: TrainState) -> str:
-    return f"Last finite checkpoint: {checkpoint_where(state) or 'none written yet'}"
+    """Names the last finite checkpoint written, verified against its digest: a file damaged since
+    it was written is named as such."""
+    where = checkpoint_where(state)
+    if where is None:
+        return "Last finite checkpoint: none written yet"
+    try:
+        verified = verify(state.last_checkpoint)
+    except (CheckpointError, OSError) as e:
+        return (
+            f"The last finite checkpoint, {where}, cannot be used: {e}; run.resume auto falls back to "
+            "the newest intact one"
+        )
+    return f"Last finite checkpoint: {where}" + (" (digest verified)" if verified else "")
 
 
 def checkpoint_where(state: TrainState) -> str | None:

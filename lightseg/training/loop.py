@@ -34,6 +34,7 @@ from lightseg.errors import DataError, DivergenceError, OutOfMemoryError
 from lightseg.evaluation import build_eval_dataset, eval_transform, evaluate
 from lightseg.meta import IGNORE_INDEX
 from lightseg.metrics import format_table
+from lightseg.storage import write_text
 from lightseg.training import components, preflight
 from lightseg.training.checkpoints import (
     CKPT_BEST,
@@ -89,16 +90,17 @@ def train(
     ckpt, resume_from, notes = load_resume(cfg, work_dir, info)
     changes = check_same_run(ckpt["config"], cfg, ckpt["iteration"], resume_from) if ckpt else {}
     log = RunLog(work_dir, info, cfg.run.tensorboard, start=ckpt["iteration"] if ckpt else 0)
-    for note in [dir_note, *notes]:
-        if note:
-            log.info(note)
-    if ckpt and _is_complete(cfg, ckpt, val_set, work_dir):
-        return already_complete(ckpt, resume_from, work_dir, log)  # else the final evaluation is due
-    ctx = _build(cfg, info, device, work_dir, log, model, train_set, ckpt, resume_from)
-    state, saved_rng = _resume_into(ctx, ckpt, resume_from, changes)
-    step_model, batch_iter = _step_and_batches(ctx, train_set, state, saved_rng)
-    val_set = _loop(ctx, state, step_model, batch_iter, val_set)
-    return _finish(ctx, state, val_set)
+    with log.closed_on_error():
+        for note in [dir_note, *notes]:
+            if note:
+                log.info(note)
+        if ckpt and _is_complete(cfg, ckpt, val_set, work_dir):
+            return already_complete(ckpt, resume_from, work_dir, log)  # else the final evaluation is due
+        ctx = _build(cfg, info, device, work_dir, log, model, train_set, ckpt, resume_from)
+        state, saved_rng = _resume_into(ctx, ckpt, resume_from, changes)
+        step_model, batch_iter = _step_and_batches(ctx, train_set, state, saved_rng)
+        val_set = _loop(ctx, state, step_model, batch_iter, val_set)
+        return _finish(ctx, state, val_set)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def _resume_into(
             ctx.log.info("resumed with changes (run.allow_changes):\n" + describe_changes(changes))
         ctx.log.record("resume", state.iteration, {"from": str(resume_from), "changes": jsonable(changes)})
     if ctx.info.is_main:
-        save_config(ctx.cfg, ctx.work_dir / "config.yaml")
+        save_config(ctx.cfg, ctx.work_dir / "config.yaml", "run the same command again")
         ctx.log.info(f"run directory: {ctx.work_dir}\nparameter groups:\n{describe_groups(ctx.optimizer)}")
     return state, saved_rng
 
@@ -214,22 +216,22 @@ def _loop(
     bar = _progress(cfg, state, ctx.info)
     t0, seen = time.perf_counter(), 0
     ctx.model.train()
-    while state.iteration < cfg.train.iters:
-        loss = _guarded_step(ctx, step_model, batch_iter, state)
-        state.iteration += 1
-        seen += cfg.train.batch_size
-        lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"]
-        img_s = seen / (time.perf_counter() - t0)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
-        last = state.iteration == cfg.train.iters
-        if state.iteration % cfg.train.log_interval == 0 or last:
-            ctx.log.record("train", state.iteration, {"loss": loss, "lr": lr, "img_per_s": img_s})
-        if state.iteration % cfg.train.ckpt_interval == 0 or last:
-            save_checkpoint(ctx, state, CKPT_LAST)
-        if cfg.eval.interval and state.iteration % cfg.eval.interval == 0 and not last:
-            val_set = _maybe_evaluate(ctx, state, val_set)
-    bar.close()
+    with bar:  # closed before an error is reported, so that the error is the last line
+        while state.iteration < cfg.train.iters:
+            loss = _guarded_step(ctx, step_model, batch_iter, state)
+            state.iteration += 1
+            seen += cfg.train.batch_size
+            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"]
+            img_s = seen / (time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
+            last = state.iteration == cfg.train.iters
+            if state.iteration % cfg.train.log_interval == 0 or last:
+                ctx.log.record("train", state.iteration, {"loss": loss, "lr": lr, "img_per_s": img_s})
+            if state.iteration % cfg.train.ckpt_interval == 0 or last:
+                save_checkpoint(ctx, state, CKPT_LAST)
+            if cfg.eval.interval and state.iteration % cfg.eval.interval == 0 and not last:
+                val_set = _maybe_evaluate(ctx, state, val_set)
     return val_set
 
 
@@ -437,7 +439,10 @@ def _maybe_evaluate(
             "split, so its figure is optimistic; report the final weights' figures"
         )
         if ctx.info.is_main:
-            (ctx.work_dir / FINAL_METRICS).write_text(json.dumps(metrics, indent=1))
+            write_text(
+                ctx.work_dir / FINAL_METRICS, json.dumps(metrics, indent=1), "the final metrics",
+                "run the same command again: it evaluates the final weights again and writes them",
+            )  # fmt: skip
     return val_set
 
 

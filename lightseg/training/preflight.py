@@ -20,6 +20,7 @@ from torch import nn
 
 from lightseg.config import Config
 from lightseg.errors import ConfigError, DataError, DatasetNotFoundError, SplitNotFoundError
+from lightseg.storage import storage_error, write_text
 
 AMP_VALUES = ("off", "bf16", "fp16", "auto")
 EVAL_MODES = ("whole", "slide")
@@ -180,5 +181,9 @@ def record_split(dataset: Any, work_dir: Path, is_main: bool) -> None:
     """Write ``split.json`` (which pairs went to train and val) when the split was drawn here."""
     record = getattr(dataset, "split_record", None)
     if record and is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
+        then = "run the same command again"
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(e, work_dir / "split.json", "the split record", then) from e
+        write_text(work_dir / "split.json", json.dumps(record, indent=1) + "\n", "the split record", then)

@@ -14,7 +14,7 @@ field with the config of the new command:
   ``run.allow_changes`` — then the new value is used for real and the change is logged.
 
 Also here: which files hold a run (a new run never overwrites another), choosing the checkpoint to
-continue (:func:`load_resume`: the newest readable one) and putting its state back (:func:`restore`).
+continue (:func:`load_resume`: the newest intact one) and putting its state back (:func:`restore`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 
 from lightseg.config import Config
 from lightseg.errors import CheckpointError, ConfigError
+from lightseg.storage import storage_error
 from lightseg.training.checkpoints import (
     CKPT_BEST,
     CKPT_LAST,
@@ -185,8 +186,9 @@ def refuse_other_run(work_dir: Path, why: str) -> None:
 def load_resume(cfg: Config, work_dir: Path, info: DistInfo) -> tuple[dict | None, Path | None, list[str]]:
     """The checkpoint this run continues (``run.resume``), its path, and notes for the log.
 
-    ``auto`` takes the newest readable checkpoint of ``work_dir`` (a corrupt ``last.pt`` is set
-    aside as ``last.pt.corrupt`` with a warning). A new run never starts over another run's files."""
+    ``auto`` takes the newest intact checkpoint of ``work_dir``: one that reads and matches its
+    digest (a damaged or unreadable ``last.pt`` is set aside as ``last.pt.corrupt`` with a warning).
+    A new run never starts over another run's files."""
     r = cfg.run.resume
     if r == "none":
         refuse_other_run(work_dir, "starting a new run there (run.resume none)")
@@ -205,12 +207,16 @@ def load_resume(cfg: Config, work_dir: Path, info: DistInfo) -> tuple[dict | Non
             notes.append(f"warning: {e}; trying an older checkpoint")
             continue
         if failed and failed[0].name == CKPT_LAST and info.is_main:
-            failed[0].replace(failed[0].with_name(CKPT_LAST + ".corrupt"))
-            notes.append(f"warning: set the unreadable {CKPT_LAST} aside as {CKPT_LAST}.corrupt")
+            aside = failed[0].with_name(CKPT_LAST + ".corrupt")
+            try:
+                failed[0].replace(aside)
+            except OSError as e:
+                raise storage_error(e, aside, "the damaged checkpoint", "run the same command again") from e
+            notes.append(f"warning: set the damaged {CKPT_LAST} aside as {CKPT_LAST}.corrupt")
         return ckpt, path, notes
     if failed:
         raise CheckpointError(
-            f"no readable checkpoint in {work_dir}:\n" + "\n".join(notes) + "\nUse another --run.work_dir or "
+            f"no intact checkpoint in {work_dir}:\n" + "\n".join(notes) + "\nUse another --run.work_dir or "
             "--resume PATH."
         )
     if (work_dir / CKPT_BEST).is_file() or (work_dir / FINAL_METRICS).is_file():
