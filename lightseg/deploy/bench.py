@@ -26,18 +26,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from lightseg.deploy.autoselect import Decision, synthetic_probe
 from lightseg.deploy.calibration import calibration_for
-from lightseg.deploy.cpu import cpu_flags
+from lightseg.deploy.cpu import cpu_flags, cpu_name
 from lightseg.deploy.export_cache import cached_export
 from lightseg.deploy.formats import EXPORTED_SUFFIXES, RUNTIMES, TIMED_OUTPUTS, check_runtime, is_exported
+from lightseg.deploy.media import read_image
 from lightseg.deploy.metadata import exported_facts
 from lightseg.deploy.options import RunnerOptions
 from lightseg.deploy.runners import FileRunner, TorchRunner
+from lightseg.deploy.runners.auto import decide
 from lightseg.errors import ConfigError
-from lightseg.inference import upsample_argmax
+from lightseg.inference import pad_to_multiple, upsample_argmax
 from lightseg.meta import model_meta
 from lightseg.models.build import load_model
 
@@ -46,18 +51,13 @@ def environment(threads: int | None = None, device: str = "cpu") -> dict[str, An
     """Hardware and versions recorded with every result."""
     env: dict[str, Any] = {
         "device": device,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_features": list(cpu_flags()),
         "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     for pkg in ("onnxruntime", "openvino", "nncf"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             env[pkg] = importlib.metadata.version(pkg)
@@ -323,6 +323,36 @@ def _bench_spec(spec: dict[str, Any]) -> dict[str, Any]:
         runs=spec["runs"],
         options=RunnerOptions.from_dict(spec.get("options", {})),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The measured default path (lightseg bench --auto)
+# --------------------------------------------------------------------------------------------------
+def auto_decision(
+    model: nn.Module,
+    size: Sequence[int],
+    options: RunnerOptions | None = None,
+    image: str | os.PathLike | None = None,
+    remeasure: bool = False,
+) -> Decision:
+    """The default path of ``model`` at ``size`` (padded to its size divisor, as predict pads) on
+    this machine: the cached decision, else measured now (:mod:`lightseg.deploy.autoselect`). The
+    probe is ``image`` resized to ``size``, else :func:`~lightseg.deploy.autoselect.synthetic_probe`
+    (a decision made on it is not used by predict, which decides on its own first image)."""
+    options = options or RunnerOptions()
+    h, w = int(size[0]), int(size[1])
+    if image is not None:
+        rgb = np.asarray(Image.fromarray(read_image(Path(image))).resize((w, h), Image.BILINEAR))
+    else:
+        rgb = synthetic_probe((h, w))
+    meta = model_meta(model)
+    mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None] - mean) / std
+    x = pad_to_multiple(x, int(meta.size_divisor)).to(options.device)
+    kind = "given image" if image is not None else "synthetic"
+    decision, _ = decide(model, x, options, probe_kind=kind, remeasure=remeasure)
+    return decision
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:

@@ -2,7 +2,8 @@
 runtime runs, and what an exported graph returns. The one table; the command line's choices, the
 checks and the error messages all read it.
 
-- ``torch`` runs a model in fp32 or bf16 (CPU autocast); it reads no exported file.
+- ``torch`` runs a model in fp32, bf16 (autocast) or fp16 (autocast, on CUDA); it reads no
+  exported file.
 - ``onnxruntime`` runs ``.onnx`` files in fp32 or int8 (static QDQ, calibrated on real images).
 - ``openvino`` runs ``.xml`` IR files (and ``.onnx``) in fp32, bf16 (an inference-precision hint)
   or int8 (NNCF post-training quantisation). Needs the ``openvino`` extra.
@@ -18,7 +19,7 @@ from typing import Any
 from lightseg.errors import InputError
 from lightseg.fuse import OPTIMIZATIONS
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ FORMATS: dict[str, FileFormat] = {
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
-        Runtime("torch", ("fp32", "bf16"), None, ()),
+        Runtime("torch", ("fp32", "bf16", "fp16"), None, ()),
         Runtime("onnxruntime", ("fp32", "int8"), "onnx", (".onnx",)),
         Runtime("openvino", ("fp32", "bf16", "int8"), "openvino", (".xml", ".onnx")),
     )
