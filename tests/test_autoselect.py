@@ -399,3 +399,61 @@ def side_by_side(runner, x, n: int) -> list:
 def test_measurement_records_round_trip():
     m = Measurement(OV16, [1.0, 2.0], 0.999, "chosen", "")
     assert Measurement.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: predict says what ran and why; bench --auto prints the table
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def stubbed(monkeypatch):
+    stubs = Stubs({"onnxruntime fp32": 70.6, "openvino fp32": 75.4, "openvino bf16": 38.0})
+    monkeypatch.setattr(auto_runners, "build_path", stubs.build)
+    monkeypatch.setattr(autoselect, "_wall_clock", stubs.timer)
+    return stubs
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    from lightseg import create_model, save_weights
+
+    torch.manual_seed(0)
+    return save_weights(create_model("cgrseg_t", num_classes=3), tmp_path / "m.safetensors")
+
+
+def test_predict_says_what_was_chosen_and_why(stubbed, checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from lightseg.cli import main
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "lightseg: choosing the fastest of 3 paths for cgrseg_t at 64x64" in captured.err
+    assert "(cgrseg_t on openvino bf16: measured fastest of 3 paths on this machine at 64x64" in captured.out
+    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
+    again = capsys.readouterr()
+    assert "choosing" not in again.err and "; measured " in again.out and ", cached)" in again.out
+
+
+def test_bench_auto_prints_the_table_behind_the_choice(stubbed, checkpoint, capsys):
+    from lightseg.cli import main
+
+    assert main(["bench", "--auto", str(checkpoint), "--size", "64", "64"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("cgrseg_t at 64x64, ") and "probe: synthetic" in out[0]
+    assert out[1] == "| path | median ms | min ms | timed runs | labels = eager fp32 | |"
+    assert out[3].startswith("| openvino bf16 | 38.0 | 38.0 |") and out[3].endswith("| chosen |")
+    assert out[-2].startswith("default: openvino bf16 (measured fastest")
+    assert "predict decides again on its first image" in out[-1]
+    assert main(["bench", "--auto", str(checkpoint), "--size", "64", "64", "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert record["cached"] and record["chosen"]["precision"] == "bf16" and record["probe"] == "synthetic"
+
+
+@pytest.mark.parametrize("threads, streams", [(1, 1), (2, 2), (4, 4), (6, 3), (8, 4), (16, 8), (64, 8)])
+def test_a_server_runs_one_stream_per_core_up_to_four_then_one_per_two(threads, streams):
+    from lightseg.deploy.cpu import serve_streams
+
+    assert serve_streams(threads) == streams

@@ -35,11 +35,17 @@ from lightseg.deploy.autoselect import Decision, synthetic_probe
 from lightseg.deploy.calibration import calibration_for
 from lightseg.deploy.cpu import cpu_flags, cpu_name
 from lightseg.deploy.export_cache import cached_export
-from lightseg.deploy.formats import EXPORTED_SUFFIXES, RUNTIMES, TIMED_OUTPUTS, check_runtime, is_exported
+from lightseg.deploy.formats import (
+    EXPORTED_SUFFIXES,
+    TIMED_OUTPUTS,
+    check_runtime,
+    exported_file,
+    is_exported,
+)
 from lightseg.deploy.media import read_image
 from lightseg.deploy.metadata import exported_facts
 from lightseg.deploy.options import RunnerOptions
-from lightseg.deploy.runners import FileRunner, TorchRunner
+from lightseg.deploy.runners import FileRunner, TorchRunner, build_runner
 from lightseg.deploy.runners.auto import decide
 from lightseg.errors import ConfigError
 from lightseg.inference import pad_to_multiple, upsample_argmax
@@ -152,8 +158,9 @@ def export_path(
     calib = None
     if precision == "int8":
         calib = calibration_for(o.calibration, size, model_meta(model), o.calibration_count)
+    fmt, file_precision = exported_file(o.runtime, precision)
     return cached_export(
-        model, RUNTIMES[o.runtime].export_format, size, precision=precision, calibration=calib,
+        model, fmt, size, precision=file_precision, calibration=calib,
         optimize=o.optimize, output=TIMED_OUTPUTS[output], batch=batch,
         opset=opset or (None if o.optimize == "none" else 20), cache_dir=o.cache_dir,
     )  # fmt: skip
@@ -167,10 +174,13 @@ def make_runner(
     output: str = "logits",
     opset: int | None = None,
     options: RunnerOptions | None = None,
+    as_predict: bool = False,
     **option_fields: Any,
 ) -> Callable[[torch.Tensor], Any]:
     """A function ``run(x)`` computing ``output`` for a batch ``x`` on the path ``options`` (or its
-    fields as keywords) describes; the runtime defaults to ``torch``.
+    fields as keywords) describes; the runtime defaults to ``torch``. ``as_predict``: the runner
+    predict builds for ``options`` (:func:`~lightseg.deploy.runners.build_runner`: without a
+    runtime, the measured default path, its decision from the cache where one was made), logits.
 
     ``model``: a model, or an exported ``.onnx``/``.xml`` file (then ``runtime`` must be one that
     runs it; ``size``, ``optimize`` and ``precision`` are the file's). For a model on
@@ -184,6 +194,10 @@ def make_runner(
         raise ConfigError(f"output must be one of {', '.join(TIMED_OUTPUTS)}; got {output!r}")
     o = RunnerOptions.of(options, **option_fields)
     h, w = int(size[0]), int(size[1])
+    if as_predict:
+        if output != "logits" or is_exported(model):
+            raise ConfigError("predict's runner is timed for a model, on its logits")
+        return build_runner(model, o)
     if is_exported(model):
         runner: Any = FileRunner(model, o.runtime, o.precision, threads=o.threads)
     elif o.runtime in (None, "torch"):
@@ -214,12 +228,15 @@ def bench(
     runs: int = 20,
     inputs: torch.Tensor | None = None,
     options: RunnerOptions | None = None,
+    as_predict: bool = False,
     **option_fields: Any,
 ) -> dict[str, Any]:
     """Time one path; returns a result dict (latencies, images/s, peak memory, what was timed).
 
     ``model`` may be an exported file: then its own size, optimisation and precision are timed
-    (``precision`` may switch an OpenVINO file between fp32 and bf16)."""
+    (``precision`` may switch an OpenVINO file between fp32 and bf16). ``as_predict``: the runner
+    predict builds (see :func:`make_runner`; without a runtime, the measured default path); the
+    result names the path it ran and why."""
     o = RunnerOptions.of(options, **option_fields)
     if o.threads:
         torch.set_num_threads(o.threads)
@@ -235,8 +252,9 @@ def bench(
             batch = info.batch
     else:
         name = model_meta(model).name
-        o = o.replace(runtime=o.runtime or "torch", precision=o.precision or "fp32")
-    run = make_runner(model, size, batch, output=output, opset=opset, options=o)
+        if not as_predict:
+            o = o.replace(runtime=o.runtime or "torch", precision=o.precision or "fp32")
+    run = make_runner(model, size, batch, output=output, opset=opset, options=o, as_predict=as_predict)
     x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
     x = x.to(o.device)
     sync = torch.cuda.synchronize if o.device == "cuda" else None
@@ -248,9 +266,10 @@ def bench(
         "model": name,
         "size": f"{int(size[0])}x{int(size[1])}",
         "batch": batch,
-        "runtime": o.runtime,
+        "runtime": run.runtime if as_predict else o.runtime,
         "optimize": o.optimize,
-        "precision": o.precision,
+        "precision": run.precision if as_predict else o.precision,
+        **({"why": run.why} if as_predict else {}),
         "output": output,
         **summarize(times, batch),
         "peak_mem_mb": mem,
@@ -322,6 +341,7 @@ def _bench_spec(spec: dict[str, Any]) -> dict[str, Any]:
         warmup=spec["warmup"],
         runs=spec["runs"],
         options=RunnerOptions.from_dict(spec.get("options", {})),
+        as_predict=spec.get("as_predict", False),
     )
 
 

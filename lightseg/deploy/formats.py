@@ -134,6 +134,16 @@ def file_runtime(path: Path, runtime: str | None) -> str:
     return runtime
 
 
+def exported_file(runtime: str, precision: str) -> tuple[str, str]:
+    """(format, precision) of the file a model is exported to, to run on ``runtime`` at
+    ``precision``: one fp32 ONNX file serves fp32 and bf16 on both runtimes (OpenVINO reads ONNX,
+    and its bf16 is a compile option), so the paths a measured default compares share one export;
+    INT8 is quantised into the runtime's own format."""
+    if precision == "int8":
+        return RUNTIMES[runtime].export_format or "onnx", "int8"
+    return "onnx", "fp32"
+
+
 def int8_file_hint(runtime: str) -> str:
     """How to make a calibrated INT8 file for ``runtime``."""
     fmt = RUNTIMES[runtime].export_format or "onnx"

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lightseg.deploy.cpu import serve_streams
+from lightseg.deploy.cpu import available_cores, serve_streams
 from lightseg.deploy.formats import is_exported
 from lightseg.deploy.options import RunnerOptions
 from lightseg.deploy.segmenter import Segmenter
 from lightseg.errors import ConfigError, WeightsNotFoundError
+from lightseg.inference import torch_threads
 
 # The server's batcher decides batch sizes: the segmenter never splits a batch it is given.
 BATCH_ANY = 1 << 16
@@ -53,18 +54,24 @@ class Backend:
     server's inference workers), with images of one size; a runner that runs one call at a time
     (eager torch) gets them one at a time."""
 
-    def __init__(self, segmenter, info: ModelInfo, workers: int = 1):
+    def __init__(self, segmenter, info: ModelInfo, workers: int = 1, threads: int | None = None):
         self.segmenter = segmenter
         self.info = info
         self.workers = workers
+        # torch's share of the threads for the work around a runtime's inference (normalising,
+        # the labels) when several workers run side by side: more would only contend.
+        self.torch_threads = max(1, (threads or available_cores()) // workers)
         self._one_at_a_time = threading.Lock()
 
     def segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """H x W x 3 uint8 RGB images of one size -> H x W integer label maps."""
-        if self.workers > 1 and getattr(self.segmenter.runner, "concurrency", 1) == 1:
+        if self.workers == 1:
+            return list(self.segmenter(list(images)))
+        if getattr(self.segmenter.runner, "concurrency", 1) == 1:  # eager torch: one at a time
             with self._one_at_a_time:
                 return list(self.segmenter(list(images)))
-        return list(self.segmenter(list(images)))
+        with torch_threads(self.torch_threads):
+            return list(self.segmenter(list(images)))
 
     def path(self) -> dict[str, str | None]:
         """What runs now and why: ``runtime``, ``precision``, ``why`` (a measured path is decided
@@ -115,4 +122,4 @@ def load_backend(
         size_divisor=seg.runner.size_divisor,
         input_size=seg.runner.input_size,
     )
-    return Backend(seg, info, workers=options.streams)
+    return Backend(seg, info, workers=options.streams, threads=options.threads)

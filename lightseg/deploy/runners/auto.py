@@ -28,7 +28,8 @@ def build_path(model: nn.Module, path: Candidate, options: RunnerOptions) -> Run
     o = path.options(options)
     if o.runtime == "torch":
         optimize = "fold-bn" if o.optimize == "compile" else o.optimize  # no minutes-long compile
-        return TorchRunner(model, optimize, o.precision, device=o.device, threads=o.threads)
+        threads = auto.effective_threads(o)  # the thread count the decision is keyed by
+        return TorchRunner(model, optimize, o.precision, device=o.device, threads=threads)
     return ExportingRunner(model, o)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from lightseg.deploy.calibration import calibration_for, check_calibration
 from lightseg.deploy.export_cache import cached_export
-from lightseg.deploy.formats import RUNTIMES, check_runtime
+from lightseg.deploy.formats import check_runtime, exported_file
 from lightseg.deploy.options import RunnerOptions
 from lightseg.deploy.runners.base import Runner
 from lightseg.deploy.runners.files import FileRunner
@@ -21,11 +21,8 @@ from lightseg.meta import model_meta
 
 class ExportingRunner(Runner):
     """A model on ONNX Runtime or OpenVINO: exported (and for int8 quantised) once per padded input
-    size into the content-keyed cache (:func:`cached_export`), then run from the file.
-
-    fp32 and bf16 run one ONNX file on either runtime (OpenVINO reads ONNX, and its bf16 is a
-    compile option): the runtimes a measured default path compares share one export. OpenVINO
-    INT8 is an IR quantised by NNCF."""
+    size into the content-keyed cache (:func:`cached_export`), then run from the file (which file:
+    :func:`~lightseg.deploy.formats.exported_file`)."""
 
     def __init__(self, model: nn.Module, options: RunnerOptions):
         if options.runtime not in ("onnxruntime", "openvino"):
@@ -49,8 +46,9 @@ class ExportingRunner(Runner):
         calib = None
         if self.precision == "int8":
             calib = calibration_for(o.calibration, (h, w), self.meta, o.calibration_count)
+        fmt, file_precision = exported_file(self.runtime, self.precision)
         return cached_export(
-            self.model, self.export_format, (h, w), precision=self.file_precision, calibration=calib,
+            self.model, fmt, (h, w), precision=file_precision, calibration=calib,
             optimize=o.optimize, dynamic_batch=True, cache_dir=o.cache_dir, on_export=on_export,
         )  # fmt: skip
 
@@ -63,15 +61,6 @@ class ExportingRunner(Runner):
                     path, self.runtime, self.precision, o.threads, streams=o.streams, providers=o.providers
                 )
             return self._files[(h, w)]
-
-    @property
-    def export_format(self) -> str:
-        return RUNTIMES[self.runtime].export_format if self.precision == "int8" else "onnx"
-
-    @property
-    def file_precision(self) -> str:
-        """The precision of the file: int8 is quantised into it, bf16 is the runtime's choice."""
-        return "int8" if self.precision == "int8" else "fp32"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.file_runner(int(x.shape[-2]), int(x.shape[-1]))(x)
