@@ -329,6 +329,18 @@ def test_the_real_paths_run_and_agree_on_a_tiny_model(monkeypatch):
     assert seg.runtime == decision.chosen.runtime
 
 
+def test_without_onnxruntime_or_openvino_eager_is_measured(monkeypatch):
+    monkeypatch.setattr(autoselect, "candidates", REAL_CANDIDATES)
+    monkeypatch.setattr(autoselect, "installed", lambda module: False)
+    for bf16 in (True, False):
+        monkeypatch.setattr(autoselect, "has_bf16", lambda bf16=bf16: bf16)
+        want = [Candidate("torch", "fp32")] + ([Candidate("torch", "bf16")] if bf16 else [])
+        assert autoselect.candidates() == want
+    monkeypatch.setattr(autoselect, "installed", lambda module: module == "openvino")
+    assert autoselect.candidates() == [OV32]  # no bf16 instructions: no bf16 path
+    assert autoselect.candidates(precision="bf16") == [OV16]  # asked for: whatever the CPU
+
+
 # --------------------------------------------------------------------------------------------------
 # Candidates on a GPU machine (no GPU here: listed, not measured)
 # --------------------------------------------------------------------------------------------------
