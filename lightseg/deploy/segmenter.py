@@ -46,15 +46,18 @@ class Segmenter:
 
     How it runs: ``options`` (a :class:`~lightseg.deploy.options.RunnerOptions`) or its fields as
     keywords — ``runtime``: ``torch``, ``onnxruntime`` or ``openvino``; default: an exported file's
-    own, else the CPU default path (:func:`~lightseg.deploy.cpu.default_cpu_path`, docs/deploy.md).
-    ``precision``: ``fp32``, ``bf16`` (torch, openvino) or ``int8`` (onnxruntime, openvino; needs
-    ``calibration=`` real images unless the file is already int8); ``optimize``, ``threads``,
-    ``calibration_count``, ``cache_dir``, ``device``. ``meta`` supplies the facts of a file
-    exported by another tool; ``classes``/``palette`` override the model's.
+    own, else ``$LIGHTSEG_RUNTIME``, else the path measured fastest on this machine on the first
+    image of each size (:mod:`lightseg.deploy.autoselect`, docs/deploy.md).
+    ``precision``: ``fp32``, ``bf16`` (torch, openvino), ``fp16`` (torch on CUDA) or ``int8``
+    (onnxruntime, openvino; needs ``calibration=`` real images unless the file is already int8);
+    ``optimize``, ``threads``, ``calibration_count``, ``cache_dir``, ``device``, ``streams``.
+    ``meta`` supplies the facts of a file exported by another tool; ``classes``/``palette``
+    override the model's.
 
     ``seg.meta`` (:class:`~lightseg.meta.ModelMeta`), ``seg.runtime``, ``seg.precision`` say what
-    runs. Calls from several threads at once are safe: the runner and the label computation keep
-    no per-call state on the object.
+    runs and ``seg.why`` why (a measured path: ``None`` until the first image decides it). Calls
+    from several threads at once are safe: the runner and the label computation keep no per-call
+    state on the object.
     """
 
     def __init__(
@@ -85,7 +88,6 @@ class Segmenter:
         )
         changes = {k: v for k, v in (("classes", classes), ("palette", palette)) if v is not None}
         self.meta: ModelMeta = self.runner.meta.replace(**changes) if changes else self.runner.meta
-        self.runtime, self.precision = self.runner.runtime, self.runner.precision
         self.num_classes = int(self.meta.num_classes or 0)
         self.classes = self.meta.class_names
         self.palette = self.meta.colours()
@@ -101,6 +103,19 @@ class Segmenter:
         self.mean = torch.tensor(self.meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(self.meta.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.inv_std = 1.0 / self.std  # times, as evaluation's Normalize: the same floats as eval
+
+    @property
+    def runtime(self) -> str | None:
+        return self.runner.runtime
+
+    @property
+    def precision(self) -> str | None:
+        return self.runner.precision
+
+    @property
+    def why(self) -> str:
+        """Why this path runs: asked for, an exported file's own, or measured fastest (and how)."""
+        return self.runner.why
 
     @property
     def fast_path(self) -> bool:
