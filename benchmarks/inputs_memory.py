@@ -196,7 +196,16 @@ def main() -> int:
     seg = result["segmenter"]
     small, phone = seg["camvid 480x360 png"], seg["phone 4032x3024 jpg"]
     result["summary"] = {
-        "phone_vs_camvid_time": round(phone["median_s"] / (small["median_s"] + phone["decode_s"]), 2),
+        # decoded and segmented, against the same for the 480x360 image; then the segmentation alone
+        "phone_vs_camvid_time": round(
+            (phone["decode_s"] + phone["median_s"]) / (small["decode_s"] + small["median_s"]), 2
+        ),
+        "phone_vs_camvid_segment_time": round(phone["median_s"] / small["median_s"], 2),
+        "phone_vs_camvid_predict_wall": round(
+            result["predict"]["phone 4032x3024 jpg"]["wall_s"]
+            / result["predict"]["camvid 480x360 png"]["wall_s"],
+            2,
+        ),
         "phone_predict_peak_mb": result["predict"]["phone 4032x3024 jpg"]["peak_mb"],
         "serve_peak_mb": result["serve"]["server_peak_mb"],
     }

@@ -8,6 +8,22 @@ import time
 import torch
 from torch import nn
 
+from lightseg.meta import ModelMeta
+
+
+class TinySeg(nn.Module):
+    """A one-conv segmentor (stride 8) with lightseg metadata: exports in a second, for tests of
+    the deploy layer itself (caching, foreign files, the measured default path)."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_classes, 8, stride=8)
+        self.num_classes, self.size_divisor = num_classes, 8
+        self.meta = ModelMeta(name="tiny", num_classes=num_classes, size_divisor=8, output_stride=8)
+
+    def forward(self, x):
+        return self.conv(x)
+
 
 def trained_like_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random statistics and every norm layer random affine parameters, as

@@ -11,11 +11,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import trained_like_norms
+from helpers import TinySeg, trained_like_norms
 
 from lightseg import Segmenter, create_model, list_models, save_weights
 from lightseg.cli import main
-from lightseg.deploy import cpu, export_cache
+from lightseg.deploy import export_cache
 from lightseg.deploy.calibration import CalibrationImages
 from lightseg.deploy.export_onnx import export_onnx
 from lightseg.deploy.export_openvino import onnx_to_openvino
@@ -25,7 +25,6 @@ from lightseg.deploy.runners.onnxruntime import OrtSession
 from lightseg.deploy.runners.openvino import OpenVinoSession
 from lightseg.errors import InputError
 from lightseg.inference import torch_threads, upsample_argmax
-from lightseg.meta import ModelMeta
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -34,20 +33,6 @@ CAMVID_PALETTE = [
     [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
 ]  # fmt: skip
-
-
-class TinySeg(torch.nn.Module):
-    """A one-conv segmentor (stride 8) with lightseg metadata: exports in a second, for tests of
-    the backend layer itself (caching, foreign files)."""
-
-    def __init__(self, num_classes: int = 3):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, num_classes, 8, stride=8)
-        self.num_classes, self.size_divisor = num_classes, 8
-        self.meta = ModelMeta(name="tiny", num_classes=num_classes, size_divisor=8, output_stride=8)
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 @pytest.fixture(autouse=True)
@@ -188,8 +173,18 @@ def test_eval_with_only_the_exported_file_gives_the_checkpoints_miou(
         assert miou(path) == pytest.approx(ref, abs=0.02)
 
 
-def test_eval_of_an_exported_file_without_a_scale_sees_images_at_the_files_size(exported, camvid_pair, capsys):
-    argv = ["eval", "--weights", str(exported["onnx"]), "--data.dataset", "camvid", "--data.root", str(camvid_pair)]
+def test_eval_of_an_exported_file_without_a_scale_sees_images_at_the_files_size(
+    exported, camvid_pair, capsys
+):
+    argv = [
+        "eval",
+        "--weights",
+        str(exported["onnx"]),
+        "--data.dataset",
+        "camvid",
+        "--data.root",
+        str(camvid_pair),
+    ]
     assert main([*argv, "--split", "test", "--format", "json"]) == 0  # 360x480 seen at 96x128
     assert 0 <= json.loads(capsys.readouterr().out)["mIoU"] <= 100
     assert main([*argv, "--split", "test", "--data.test_scale", "[480, 360]"]) == 2
@@ -222,27 +217,6 @@ def test_implicit_exports_are_cached_by_content(monkeypatch):
         model.conv.bias.add_(1.0)  # other weights: another file
     build_runner(model, runtime="onnxruntime")(x)
     assert len(calls) == 2
-
-
-@pytest.mark.parametrize(
-    "flags, installed, path",
-    [
-        (("avx512_bf16", "amx_bf16"), {"openvino", "onnxruntime"}, ("openvino", "bf16")),
-        (("avx512_bf16", "amx_bf16"), {"onnxruntime"}, ("onnxruntime", "fp32")),
-        (("avx512_bf16", "avx512_vnni"), {"openvino", "onnxruntime"}, ("onnxruntime", "fp32")),
-        ((), set(), ("torch", "fp32")),
-    ],
-)
-def test_default_cpu_path_is_openvino_bf16_only_with_amx(monkeypatch, flags, installed, path):
-    """bf16 was measured 2.1x faster than fp32 on a CPU with AMX and slower than fp32 without it
-    (AVX512-BF16 alone): the default follows the CPU, and asking for a runtime keeps fp32."""
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(cpu, "installed", lambda module: module in installed)
-    assert cpu.default_cpu_path() == path
-    runner = build_runner(TinySeg())
-    assert (runner.runtime, runner.precision) == path
-    if path[0] != "torch":
-        assert build_runner(TinySeg(), runtime=path[0]).precision == "fp32"
 
 
 # --------------------------------------------------------------------------------------------------

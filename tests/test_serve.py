@@ -71,7 +71,8 @@ def reference(checkpoint):
 
 @pytest.fixture(scope="module")
 def url(checkpoint):
-    with serving(create_app(load_backend(checkpoint), LIMITS, max_batch=4)) as base:
+    """The checkpoint served on eager torch (the reference's path; the default is measured, below)."""
+    with serving(create_app(load_backend(checkpoint, runtime="torch"), LIMITS, max_batch=4)) as base:
         yield base
 
 
@@ -111,8 +112,13 @@ def test_health_and_model_metadata(client):
     assert meta["name"] == "cgrseg_t"
     assert meta["classes"] == CAMVID_CLASSES and meta["palette"] == CAMVID_PALETTE
     assert (meta["num_classes"], meta["runtime"], meta["precision"]) == (11, "torch", "fp32")
+    assert (meta["why"], meta["workers"]) == ("asked for", 1)  # eager torch: one call at a time
     assert meta["input_size"] is None and meta["size_divisor"] == 32
-    assert meta["limits"] == {"max_upload_bytes": 600_000, "max_pixels": 400_000, "max_memory_bytes": 1_342_177_280}
+    assert meta["limits"] == {
+        "max_upload_bytes": 600_000,
+        "max_pixels": 400_000,
+        "max_memory_bytes": 1_342_177_280,
+    }
     assert meta["scale"] == [2048, 512]  # the model records no scale of its own: the papers' ADE20K one
 
 
@@ -162,6 +168,57 @@ def test_concurrent_mixed_sizes_each_get_their_own_labels(url, reference):
         # A batch may round differently from a single image (a near-tie may flip); another image's
         # labels would differ almost everywhere.
         assert np.mean(np.asarray(Image.open(io.BytesIO(r.content))) != reference(im)) < 1e-3
+
+
+def test_batcher_workers_run_batches_side_by_side():
+    """With two workers, two batches are in the backend at once (one worker would deadlock the
+    barrier and time out)."""
+    both = threading.Barrier(2, timeout=10)
+
+    class Pair:
+        workers = 2
+
+        def segment(self, images):
+            both.wait()
+            return [np.zeros(im.shape[:2], np.int64) for im in images]
+
+    async def run():
+        batcher = Batcher(Pair(), max_batch=1)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.segment(np.zeros((4, 4, 3), np.uint8)) for _ in range(4)))
+        batcher.close()
+        return results, batcher
+
+    results, batcher = asyncio.run(run())
+    assert batcher.workers == 2 and len(results) == 4 and not both.broken
+
+
+def test_serve_runs_the_measured_default_path_and_reports_it(tmp_path, monkeypatch):
+    """Without --runtime the server runs the path predict would (measured on the first request,
+    timings stubbed here), reports it and why in /v1/model, with one worker per stream."""
+    from lightseg.deploy import autoselect
+    from lightseg.deploy.cpu import serve_streams
+
+    monkeypatch.setenv("LIGHTSEG_CACHE", str(tmp_path))
+    monkeypatch.delenv(autoselect.ENV, raising=False)
+    ms = {"onnxruntime fp32": 9.0, "openvino fp32": 5.0, "openvino bf16": 7.0, "torch fp32": 30.0}
+    monkeypatch.setattr(autoselect, "_wall_clock", lambda c, call: ms.get(c.label, 50.0) / 1e3)
+    torch.manual_seed(0)
+    model = helpers.TinySeg(num_classes=3)
+    backend = load_backend(model)
+    assert backend.workers == serve_streams() and backend.info.runtime is None
+    image = np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    with serving(create_app(backend, LIMITS)) as base, httpx.Client(base_url=base, timeout=120) as client:
+        before = client.get("/v1/model").json()
+        assert before["runtime"] is None and "first input" in before["why"]
+        r = client.post("/v1/segment", content=encode(image))
+        assert r.status_code == 200, r.text
+        after = client.get("/v1/model").json()
+    want = min((c for c in autoselect.candidates()), key=lambda c: ms.get(c.label, 50.0))
+    assert (after["runtime"], after["precision"]) == (want.runtime, want.precision)
+    assert f"{ms[want.label]:.1f} ms" in after["why"] and after["workers"] == backend.workers
+    reference = Segmenter(model, runtime=want.runtime, precision=want.precision)(image)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), reference)
 
 
 def test_batcher_groups_waiting_same_size_requests_in_order():
@@ -305,7 +362,13 @@ def test_cli_serves_on_loopback(checkpoint):
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}" in out  # bound to loopback by default
-    assert "cgrseg_t (11 classes, torch, fp32)" in out
+    from lightseg.deploy.cpu import serve_streams
+
+    workers = f"{serve_streams()} inference worker"
+    assert (
+        f"cgrseg_t (11 classes; the fastest path, measured on the first request of each image size; {workers}"
+        in out
+    )
     assert "this machine only, a bearer token; answers to Host 127.0.0.1, localhost, ::1" in out
     assert "Traceback" not in out
 
@@ -377,7 +440,7 @@ def test_an_exported_openvino_file_is_served_with_its_own_facts(checkpoint, tmp_
     from lightseg.deploy.export import export_model
 
     xml = export_model(load_checkpoint(checkpoint).eval(), tmp_path / "m.xml", (64, 96), "openvino")
-    backend = load_backend(xml)  # the CLI's default runtime (torch) gives way to the file's own
+    backend = load_backend(xml)
     info = backend.info
     assert (info.runtime, info.precision, info.input_size) == ("openvino", "fp32", (64, 96))
     assert list(info.classes) == CAMVID_CLASSES and [list(c) for c in info.palette] == CAMVID_PALETTE
@@ -395,7 +458,10 @@ def test_large_and_elongated_uploads_at_the_models_scale(checkpoint):
     rng = np.random.default_rng(5)
     square = np.repeat(np.repeat(rng.integers(0, 256, (362, 362, 3), dtype=np.uint8), 8, 0), 8, 1)
     backend = load_backend(checkpoint)
-    with serving(create_app(backend, Limits(), max_batch=4)) as base, httpx.Client(base_url=base, timeout=300) as c:
+    with (
+        serving(create_app(backend, Limits(), max_batch=4)) as base,
+        httpx.Client(base_url=base, timeout=300) as c,
+    ):
         assert c.get("/v1/model").json()["limits"]["max_pixels"] >= 2896 * 2896
         r = c.post("/v1/segment", content=encode(square))
         assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (2896, 2896)
@@ -407,7 +473,10 @@ def test_large_and_elongated_uploads_at_the_models_scale(checkpoint):
 
 def test_an_upload_over_the_memory_budget_is_a_413_naming_the_budget(checkpoint):
     backend = load_backend(checkpoint, scale="native", max_memory="300M")
-    with serving(create_app(backend, Limits(), max_batch=4)) as base, httpx.Client(base_url=base, timeout=300) as c:
+    with (
+        serving(create_app(backend, Limits(), max_batch=4)) as base,
+        httpx.Client(base_url=base, timeout=300) as c,
+    ):
         r = c.post("/v1/segment", content=encode(np.zeros((2048, 2048, 3), np.uint8)))
         assert r.status_code == 413 and r.json()["error"] == "over_memory_budget"
         assert "the memory budget is 300 MB" in r.json()["message"]

@@ -52,6 +52,19 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="processes per path, each doing its share of --runs, in alternating order (isolated mode)",
     )
     p.add_argument(
+        "--auto",
+        action="store_true",
+        help="print the default path of each model at --size on this machine and the table behind it "
+        "(the cached measurement, else measured now); --precision limits it to that precision",
+    )
+    p.add_argument(
+        "--image",
+        default=None,
+        help="with --auto: the image the labels of reduced precisions are checked on (resized to --size; "
+        "default: a synthetic picture, and predict then decides again on its first image)",
+    )
+    p.add_argument("--remeasure", action="store_true", help="with --auto: measure again, ignoring the cache")
+    p.add_argument(
         "--onnx-dir",
         default=None,
         metavar="DIR",
@@ -73,6 +86,8 @@ def run_bench(args: argparse.Namespace, rest: list[str]) -> int:
 
     if args.runs < 1 or args.rounds < 1:
         raise ConfigError("--runs and --rounds must be at least 1")
+    if args.auto:
+        return run_auto(args)
     check_calibration(args.precision, args.calibration, "--precision int8")
     base = RunnerOptions(
         precision=args.precision, threads=args.threads, device=args.device, cache_dir=args.onnx_dir,
@@ -125,4 +140,48 @@ def run_bench(args: argparse.Namespace, rest: list[str]) -> int:
     else:
         print(" · ".join(f"{k}: {v}" for k, v in env.items()))
         print(format_table(results))
+    return 0
+
+
+def run_auto(args: argparse.Namespace) -> int:
+    """``lightseg bench --auto``: the measured default path of each model and its table."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from lightseg.deploy.bench import auto_decision
+    from lightseg.deploy.formats import is_exported
+    from lightseg.deploy.options import RunnerOptions
+    from lightseg.errors import ConfigError
+    from lightseg.models.build import load_model
+
+    if args.precision == "int8":
+        raise ConfigError(
+            "--auto measures the paths that need only the weights; INT8 is chosen with --runtime"
+        )
+    options = RunnerOptions(
+        precision=args.precision, threads=args.threads, device=args.device, cache_dir=args.onnx_dir
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = []
+    for name in args.models:
+        if is_exported(name):
+            raise ConfigError(f"{name}: an exported file runs on its own runtime; --auto takes a model")
+        torch.manual_seed(0)  # random-init weights are the same in every run, so is the cache key
+        weights = args.weights or (name if Path(name).is_file() else None)
+        classes = args.num_classes or (None if weights else 150)
+        model = load_model(None if weights == name else name, weights, classes)
+        decision = auto_decision(model, args.size, options, args.image, args.remeasure)
+        if args.format == "json":
+            out.append(json.loads(decision.to_json()) | {"cached": decision.cached, "why": decision.why()})
+            continue
+        print(decision.summary())
+        print(decision.table())
+        print(f"default: {decision.chosen.label} ({decision.why()})")
+        if decision.probe == "synthetic":
+            print("the labels were checked on a synthetic picture: predict decides again on its first image")
+    if args.format == "json":
+        print(json.dumps(out, indent=2))
     return 0

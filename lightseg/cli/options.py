@@ -40,10 +40,14 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
     add_runtime_arg(
         p,
-        "default: an exported file's own runtime, else openvino bf16 on a CPU with AMX, else "
-        "onnxruntime fp32 when installed (else torch)",
+        "default: an exported file's own runtime, else $LIGHTSEG_RUNTIME (RUNTIME[:PRECISION]), else "
+        "the path measured fastest on this machine on the first input of each size (once, cached; "
+        "`lightseg bench --auto MODEL` shows the table)",
     )
-    add_precision_arg(p, "Default: the file's, else fp32")
+    add_precision_arg(
+        p,
+        "Default: the file's; with --runtime, fp32; else the measured path's (given alone, the fastest of its paths)",
+    )
     p.add_argument("--optimize", choices=OPTIMIZE, default="fold-bn", help="torch: BN folding / compile")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's default)")
     add_calibration_args(p)

@@ -28,14 +28,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runtime",
         choices=list(RUNTIMES),
-        default="torch",
-        help="default: torch (an exported file: its own)",
+        default=None,
+        help="default: as predict, the path measured fastest on this machine on the first request of "
+        "each image size, cached (an exported file: its own runtime)",
     )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help="default: fp32 (a file: its own)",
+        help="default: the measured path's (with --runtime: fp32; a file: its own)",
     )
     add_scale_args(p, "1.25G")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -59,7 +60,14 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve beyond loopback without a token (e.g. behind a proxy that authenticates)",
     )
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads in all (default: every core)")
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="inferences run at once, sharing the threads (OpenVINO streams, ONNX Runtime sessions; "
+        "default: one per core up to 4, then one per two cores, at most 8; eager torch: 1)",
+    )
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default 20)")
     p.add_argument(
         "--max-pixels", type=int, default=8 * 1024 * 1024, help="largest width x height (default 8 Mi)"
@@ -141,18 +149,32 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
     except ValueError as e:
         raise ConfigError(f"the token in {source}: {e}") from None
     ensure_descriptors(limits)
+    if args.streams is not None and args.streams < 1:
+        raise ConfigError(f"--streams must be at least 1, got {args.streams}")
     backend = load_backend(
         args.model,
         RunnerOptions(args.runtime, args.precision, threads=args.threads),
         weights=args.weights,
+        streams=args.streams,
         scale=scale_arg(args.scale),
         max_memory=args.max_memory or SERVE_BUDGET,
     )
     app = create_app(backend, limits, max_batch=args.max_batch, max_queue=args.max_queue, access=access)
-    info = backend.info
-    print(f"lightseg serve: {info.name} ({info.num_classes} classes, {info.runtime}, {info.precision})")
+    info, path = backend.info, backend.path()
+    running = (
+        f"{path['runtime']} {path['precision']}"
+        if path["runtime"]
+        else "the fastest path, measured on the first request of each image size"
+    )
+    print(
+        f"lightseg serve: {info.name} ({info.num_classes} classes; {running}; "
+        f"{backend.workers} inference worker{'s' if backend.workers > 1 else ''})"
+    )
     seg = backend.segmenter
-    print(f"lightseg serve: images seen at scale {describe_scale(seg.bound)}; passes within {describe(seg.budget)}")
+    print(
+        f"lightseg serve: images seen at scale {describe_scale(seg.bound)}; "
+        f"passes within {describe(backend.info.max_memory)} in all"
+    )
     auth = "a bearer token" if token else "no authentication"
     where = "reachable from other machines" if exposed else "this machine only"
     print(f"lightseg serve: {where}, {auth}; answers to Host {', '.join(access.hosts)}")

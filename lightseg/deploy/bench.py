@@ -26,18 +26,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from lightseg.deploy.autoselect import Decision, synthetic_probe
 from lightseg.deploy.calibration import calibration_for
-from lightseg.deploy.cpu import cpu_flags
+from lightseg.deploy.cpu import cpu_flags, cpu_name
 from lightseg.deploy.export_cache import cached_export
-from lightseg.deploy.formats import EXPORTED_SUFFIXES, RUNTIMES, TIMED_OUTPUTS, check_runtime, is_exported
+from lightseg.deploy.formats import (
+    EXPORTED_SUFFIXES,
+    TIMED_OUTPUTS,
+    check_runtime,
+    exported_file,
+    is_exported,
+)
+from lightseg.deploy.media import read_image
 from lightseg.deploy.metadata import exported_facts
 from lightseg.deploy.options import RunnerOptions
-from lightseg.deploy.runners import FileRunner, TorchRunner
+from lightseg.deploy.runners import FileRunner, TorchRunner, build_runner
+from lightseg.deploy.runners.auto import decide
 from lightseg.errors import ConfigError
-from lightseg.inference import upsample_argmax
+from lightseg.inference import pad_to_multiple, upsample_argmax
 from lightseg.meta import model_meta
 from lightseg.models.build import load_model
 
@@ -46,18 +57,13 @@ def environment(threads: int | None = None, device: str = "cpu") -> dict[str, An
     """Hardware and versions recorded with every result."""
     env: dict[str, Any] = {
         "device": device,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_features": list(cpu_flags()),
         "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     for pkg in ("onnxruntime", "openvino", "nncf"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             env[pkg] = importlib.metadata.version(pkg)
@@ -152,8 +158,9 @@ def export_path(
     calib = None
     if precision == "int8":
         calib = calibration_for(o.calibration, size, model_meta(model), o.calibration_count)
+    fmt, file_precision = exported_file(o.runtime, precision)
     return cached_export(
-        model, RUNTIMES[o.runtime].export_format, size, precision=precision, calibration=calib,
+        model, fmt, size, precision=file_precision, calibration=calib,
         optimize=o.optimize, output=TIMED_OUTPUTS[output], batch=batch,
         opset=opset or (None if o.optimize == "none" else 20), cache_dir=o.cache_dir,
     )  # fmt: skip
@@ -167,10 +174,13 @@ def make_runner(
     output: str = "logits",
     opset: int | None = None,
     options: RunnerOptions | None = None,
+    as_predict: bool = False,
     **option_fields: Any,
 ) -> Callable[[torch.Tensor], Any]:
     """A function ``run(x)`` computing ``output`` for a batch ``x`` on the path ``options`` (or its
-    fields as keywords) describes; the runtime defaults to ``torch``.
+    fields as keywords) describes; the runtime defaults to ``torch``. ``as_predict``: the runner
+    predict builds for ``options`` (:func:`~lightseg.deploy.runners.build_runner`: without a
+    runtime, the measured default path, its decision from the cache where one was made), logits.
 
     ``model``: a model, or an exported ``.onnx``/``.xml`` file (then ``runtime`` must be one that
     runs it; ``size``, ``optimize`` and ``precision`` are the file's). For a model on
@@ -184,6 +194,10 @@ def make_runner(
         raise ConfigError(f"output must be one of {', '.join(TIMED_OUTPUTS)}; got {output!r}")
     o = RunnerOptions.of(options, **option_fields)
     h, w = int(size[0]), int(size[1])
+    if as_predict:
+        if output != "logits" or is_exported(model):
+            raise ConfigError("predict's runner is timed for a model, on its logits")
+        return build_runner(model, o)
     if is_exported(model):
         runner: Any = FileRunner(model, o.runtime, o.precision, threads=o.threads)
     elif o.runtime in (None, "torch"):
@@ -214,12 +228,15 @@ def bench(
     runs: int = 20,
     inputs: torch.Tensor | None = None,
     options: RunnerOptions | None = None,
+    as_predict: bool = False,
     **option_fields: Any,
 ) -> dict[str, Any]:
     """Time one path; returns a result dict (latencies, images/s, peak memory, what was timed).
 
     ``model`` may be an exported file: then its own size, optimisation and precision are timed
-    (``precision`` may switch an OpenVINO file between fp32 and bf16)."""
+    (``precision`` may switch an OpenVINO file between fp32 and bf16). ``as_predict``: the runner
+    predict builds (see :func:`make_runner`; without a runtime, the measured default path); the
+    result names the path it ran and why."""
     o = RunnerOptions.of(options, **option_fields)
     if o.threads:
         torch.set_num_threads(o.threads)
@@ -235,8 +252,9 @@ def bench(
             batch = info.batch
     else:
         name = model_meta(model).name
-        o = o.replace(runtime=o.runtime or "torch", precision=o.precision or "fp32")
-    run = make_runner(model, size, batch, output=output, opset=opset, options=o)
+        if not as_predict:
+            o = o.replace(runtime=o.runtime or "torch", precision=o.precision or "fp32")
+    run = make_runner(model, size, batch, output=output, opset=opset, options=o, as_predict=as_predict)
     x = inputs if inputs is not None else torch.randn(batch, 3, int(size[0]), int(size[1]))
     x = x.to(o.device)
     sync = torch.cuda.synchronize if o.device == "cuda" else None
@@ -248,9 +266,10 @@ def bench(
         "model": name,
         "size": f"{int(size[0])}x{int(size[1])}",
         "batch": batch,
-        "runtime": o.runtime,
+        "runtime": run.runtime if as_predict else o.runtime,
         "optimize": o.optimize,
-        "precision": o.precision,
+        "precision": run.precision if as_predict else o.precision,
+        **({"why": run.why} if as_predict else {}),
         "output": output,
         **summarize(times, batch),
         "peak_mem_mb": mem,
@@ -322,7 +341,38 @@ def _bench_spec(spec: dict[str, Any]) -> dict[str, Any]:
         warmup=spec["warmup"],
         runs=spec["runs"],
         options=RunnerOptions.from_dict(spec.get("options", {})),
+        as_predict=spec.get("as_predict", False),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The measured default path (lightseg bench --auto)
+# --------------------------------------------------------------------------------------------------
+def auto_decision(
+    model: nn.Module,
+    size: Sequence[int],
+    options: RunnerOptions | None = None,
+    image: str | os.PathLike | None = None,
+    remeasure: bool = False,
+) -> Decision:
+    """The default path of ``model`` at ``size`` (padded to its size divisor, as predict pads) on
+    this machine: the cached decision, else measured now (:mod:`lightseg.deploy.autoselect`). The
+    probe is ``image`` resized to ``size``, else :func:`~lightseg.deploy.autoselect.synthetic_probe`
+    (a decision made on it is not used by predict, which decides on its own first image)."""
+    options = options or RunnerOptions()
+    h, w = int(size[0]), int(size[1])
+    if image is not None:
+        rgb = np.asarray(Image.fromarray(read_image(Path(image))).resize((w, h), Image.BILINEAR))
+    else:
+        rgb = synthetic_probe((h, w))
+    meta = model_meta(model)
+    mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None] - mean) / std
+    x = pad_to_multiple(x, int(meta.size_divisor)).to(options.device)
+    kind = "given image" if image is not None else "synthetic"
+    decision, _ = decide(model, x, options, probe_kind=kind, remeasure=remeasure)
+    return decision
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:

@@ -9,7 +9,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,18 @@ from lightseg.meta import model_meta
 # --------------------------------------------------------------------------------------------------
 # The export cache
 # --------------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """``$LIGHTSEG_CACHE``, default ``~/.cache/lightseg``: exported files and measured paths."""
+    return Path(os.environ.get("LIGHTSEG_CACHE") or Path.home() / ".cache" / "lightseg")
+
+
 def export_cache_dir() -> Path:
     """``$LIGHTSEG_CACHE/exports``, default ``~/.cache/lightseg/exports``."""
-    root = os.environ.get("LIGHTSEG_CACHE") or Path.home() / ".cache" / "lightseg"
-    return Path(root) / "exports"
+    return cache_root() / "exports"
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of lightseg and of every library that shapes an exported file or runs one."""
     out = {"lightseg": __version__, "torch": torch.__version__}
     for pkg in ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf"):
         with contextlib.suppress(md.PackageNotFoundError):
@@ -44,7 +49,7 @@ def content_key(model: nn.Module, options: dict[str, Any]) -> str:
     """SHA-256 of the model's weights (every tensor of its state dict), its metadata, the export
     options and the library versions that shape the file."""
     h = hashlib.sha256()
-    h.update(json.dumps({"options": options, "versions": _versions(), "type": type(model).__name__},
+    h.update(json.dumps({"options": options, "versions": library_versions(), "type": type(model).__name__},
                         sort_keys=True, default=str).encode())  # fmt: skip
     h.update(model_meta(model).to_json().encode())
     for k, v in sorted(model.state_dict().items()):
@@ -67,9 +72,11 @@ def cached_export(
     dynamic_batch: bool = False,
     opset: int | None = 20,
     cache_dir: str | os.PathLike | None = None,
+    on_export: Callable[[], None] | None = None,
 ) -> Path:
     """The exported file for these options, from the cache when the same content was exported
-    before (else exported into it; a finished file appears atomically)."""
+    before (else exported into it, after calling ``on_export``; a finished file appears
+    atomically)."""
     options = dict(
         fmt=fmt, size=[int(size[0]), int(size[1])], precision=precision, optimize=optimize, output=output,
         batch=batch, dynamic_batch=dynamic_batch, opset=opset,
@@ -81,6 +88,8 @@ def cached_export(
     path = folder / (stem + FORMATS[fmt].suffix)
     if path.is_file() and (fmt != "openvino" or path.with_suffix(".bin").is_file()):
         return path
+    if on_export is not None:
+        on_export()
     kw: dict[str, Any] = dict(batch=batch, dynamic_batch=dynamic_batch, output=output, optimize=optimize)
     if fmt == "onnx":
         kw["opset"] = opset

@@ -2,7 +2,8 @@
 runtime runs, and what an exported graph returns. The one table; the command line's choices, the
 checks and the error messages all read it.
 
-- ``torch`` runs a model in fp32 or bf16 (CPU autocast); it reads no exported file.
+- ``torch`` runs a model in fp32, bf16 (autocast) or fp16 (autocast, on CUDA); it reads no
+  exported file.
 - ``onnxruntime`` runs ``.onnx`` files in fp32 or int8 (static QDQ, calibrated on real images).
 - ``openvino`` runs ``.xml`` IR files (and ``.onnx``) in fp32, bf16 (an inference-precision hint)
   or int8 (NNCF post-training quantisation). Needs the ``openvino`` extra.
@@ -18,7 +19,7 @@ from typing import Any
 from lightseg.errors import InputError
 from lightseg.fuse import OPTIMIZATIONS
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ FORMATS: dict[str, FileFormat] = {
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
-        Runtime("torch", ("fp32", "bf16"), None, ()),
+        Runtime("torch", ("fp32", "bf16", "fp16"), None, ()),
         Runtime("onnxruntime", ("fp32", "int8"), "onnx", (".onnx",)),
         Runtime("openvino", ("fp32", "bf16", "int8"), "openvino", (".xml", ".onnx")),
     )
@@ -131,6 +132,16 @@ def file_runtime(path: Path, runtime: str | None) -> str:
         hint = "" if runtime != "torch" else "; for torch, pass the checkpoint it was exported from"
         raise InputError(f"{path}: a {path.suffix} file runs with --runtime {' or '.join(readers)}{hint}")
     return runtime
+
+
+def exported_file(runtime: str, precision: str) -> tuple[str, str]:
+    """(format, precision) of the file a model is exported to, to run on ``runtime`` at
+    ``precision``: one fp32 ONNX file serves fp32 and bf16 on both runtimes (OpenVINO reads ONNX,
+    and its bf16 is a compile option), so the paths a measured default compares share one export;
+    INT8 is quantised into the runtime's own format."""
+    if precision == "int8":
+        return RUNTIMES[runtime].export_format or "onnx", "int8"
+    return "onnx", "fp32"
 
 
 def int8_file_hint(runtime: str) -> str:

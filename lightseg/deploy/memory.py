@@ -99,10 +99,15 @@ class PassCost:
         return int((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a))
 
 
-def pass_cost(model_name: str, runtime: str) -> PassCost:
-    """The measured cost of ``model_name`` on ``runtime`` (torch for a runtime not measured)."""
+def pass_cost(model_name: str, runtime: str | None) -> PassCost:
+    """The measured cost of ``model_name`` on ``runtime`` (torch for a runtime not measured); with
+    ``runtime`` ``None`` (chosen by measurement later) the largest of the model's runtimes."""
     table = _table()
     entry = table.get(model_name, {})
+    if runtime is None and entry:
+        return PassCost(
+            max(r["per_pixel"] for r in entry.values()), max(r["per_pixel2"] for r in entry.values()), True
+        )
     rec = entry.get(runtime) or entry.get("torch")
     if rec is not None:
         return PassCost(rec["per_pixel"], rec["per_pixel2"], True)

@@ -17,15 +17,21 @@ class RunnerOptions:
     """How a model runs (see :mod:`lightseg.deploy.formats` for what runs what).
 
     - ``runtime``: ``torch``, ``onnxruntime`` or ``openvino``; ``None``: an exported file's own,
-      else the CPU default path (:func:`lightseg.deploy.cpu.default_cpu_path`).
-    - ``precision``: ``fp32``, ``bf16`` or ``int8``; ``None``: the file's, else the default path's.
+      else ``$LIGHTSEG_RUNTIME``, else the path measured fastest on this machine
+      (:mod:`lightseg.deploy.autoselect`).
+    - ``precision``: ``fp32``, ``bf16``, ``fp16`` (torch on CUDA) or ``int8``; ``None``: the
+      file's, else the default path's (with ``runtime`` given: fp32; without: the measured path
+      is chosen among this precision's).
     - ``optimize``: ``none`` / ``fold-bn`` / ``compile`` (what is done to the model before it runs
       or is exported; compile applies to torch only).
     - ``threads``: CPU threads of the runtime (``None``: its default).
     - ``calibration``: images (files, folders, globs) INT8 is calibrated on, ``calibration_count``
       of them used.
     - ``cache_dir``: where exported files are kept (``None``: the export cache).
-    - ``device``: ``cpu`` or ``cuda`` (torch only).
+    - ``device``: ``cpu`` or ``cuda`` (torch; ONNX Runtime with ``providers``).
+    - ``streams``: inferences run at once (a server's workers): OpenVINO compiles for throughput
+      with that many streams, ONNX Runtime keeps that many sessions; the threads are shared out.
+    - ``providers``: ONNX Runtime execution providers in order of preference (default: the CPU's).
     """
 
     runtime: str | None = None
@@ -36,6 +42,8 @@ class RunnerOptions:
     calibration_count: int = 32
     cache_dir: str | None = None
     device: str = "cpu"
+    streams: int = 1
+    providers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -43,6 +51,12 @@ class RunnerOptions:
             set_(self, "calibration", (os.fspath(self.calibration),))
         elif self.calibration is not None:
             set_(self, "calibration", tuple(os.fspath(c) for c in self.calibration) or None)
+        if self.providers is not None:
+            set_(
+                self,
+                "providers",
+                (self.providers,) if isinstance(self.providers, str) else tuple(self.providers),
+            )
         if self.cache_dir is not None:
             set_(self, "cache_dir", os.fspath(self.cache_dir))
         problems = []
@@ -54,6 +68,8 @@ class RunnerOptions:
             problems.append(f"optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
         if self.threads is not None and int(self.threads) < 1:
             problems.append(f"threads must be at least 1, got {self.threads}")
+        if int(self.streams) < 1:
+            problems.append(f"streams must be at least 1, got {self.streams}")
         if int(self.calibration_count) < 1:
             problems.append(f"calibration_count must be at least 1, got {self.calibration_count}")
         if self.device not in ("cpu", "cuda"):

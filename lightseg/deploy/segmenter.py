@@ -84,16 +84,18 @@ class Segmenter:
 
     How it runs: ``options`` (a :class:`~lightseg.deploy.options.RunnerOptions`) or its fields as
     keywords — ``runtime``: ``torch``, ``onnxruntime`` or ``openvino``; default: an exported file's
-    own, else the CPU default path (:func:`~lightseg.deploy.cpu.default_cpu_path`, docs/deploy.md).
-    ``precision``: ``fp32``, ``bf16`` (torch, openvino) or ``int8`` (onnxruntime, openvino; needs
-    ``calibration=`` real images unless the file is already int8); ``optimize``, ``threads``,
-    ``calibration_count``, ``cache_dir``, ``device``. ``meta`` supplies the facts of a file
-    exported by another tool; ``classes``/``palette`` override the model's.
+    own, else ``$LIGHTSEG_RUNTIME``, else the path measured fastest on this machine on the first
+    image of each size (:mod:`lightseg.deploy.autoselect`, docs/deploy.md).
+    ``precision``: ``fp32``, ``bf16`` (torch, openvino), ``fp16`` (torch on CUDA) or ``int8``
+    (onnxruntime, openvino; needs ``calibration=`` real images unless the file is already int8);
+    ``optimize``, ``threads``, ``calibration_count``, ``cache_dir``, ``device``, ``streams``.
+    ``meta`` supplies the facts of a file exported by another tool; ``classes``/``palette``
+    override the model's.
 
     ``seg.meta`` (:class:`~lightseg.meta.ModelMeta`), ``seg.runtime``, ``seg.precision``,
-    ``seg.bound`` (the scale, ``None`` for native) and ``seg.budget`` say what runs. Calls from
-    several threads at once are safe: the runner and the label computation keep no per-call state
-    on the object.
+    ``seg.bound`` (the scale, ``None`` for native) and ``seg.budget`` say what runs and ``seg.why``
+    why (a measured path: ``None`` until the first image decides it). Calls from several threads
+    at once are safe: the runner and the label computation keep no per-call state on the object.
     """
 
     def __init__(
@@ -126,7 +128,6 @@ class Segmenter:
         )
         changes = {k: v for k, v in (("classes", classes), ("palette", palette)) if v is not None}
         self.meta: ModelMeta = self.runner.meta.replace(**changes) if changes else self.runner.meta
-        self.runtime, self.precision = self.runner.runtime, self.runner.precision
         self.num_classes = int(self.meta.num_classes or 0)
         self.classes = self.meta.class_names
         self.palette = self.meta.colours()
@@ -144,6 +145,19 @@ class Segmenter:
         self.batch_size = max(1, int(batch_size))
         self.labels_dtype = label_dtype(self.num_classes)
         self.mean, self.inv_std = normalization(self.meta.mean, self.meta.std)
+
+    @property
+    def runtime(self) -> str | None:
+        return self.runner.runtime
+
+    @property
+    def precision(self) -> str | None:
+        return self.runner.precision
+
+    @property
+    def why(self) -> str:
+        """Why this path runs: asked for, an exported file's own, or measured fastest (and how)."""
+        return self.runner.why
 
     @property
     def single_pass(self) -> bool:

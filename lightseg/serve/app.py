@@ -3,7 +3,7 @@
 Routes: ``GET /`` (the demo page), ``GET /healthz``, ``GET /metrics``, ``GET /v1/model``,
 ``POST /v1/segment``. Errors are ``{"status": 4xx, "error": "<code>", "message": "<what is wrong and
 what to do>"}``. Decoding and encoding run in the thread pool, inference on the :class:`Batcher`'s
-one worker, so the event loop (and ``/healthz``) stays responsive under load. The application runs
+workers, so the event loop (and ``/healthz``) stays responsive under load. The application runs
 behind :class:`~lightseg.serve.guard.Guard` (hosts, token, security headers, request metrics).
 """
 
@@ -85,6 +85,7 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     async def model(request: Request) -> Response:
+        path = backend.path()
         return JSONResponse(
             {
                 "name": info.name,
@@ -93,8 +94,10 @@ def create_app(
                 "palette": [list(c) for c in info.palette],
                 "input_size": None if info.input_size is None else list(info.input_size),
                 "size_divisor": info.size_divisor,
-                "runtime": info.runtime,
-                "precision": info.precision,
+                "runtime": path["runtime"],
+                "precision": path["precision"],
+                "why": path["why"],
+                "workers": batcher.workers,
                 "max_batch": max_batch,
                 "scale": None if info.scale is None else list(info.scale),
                 "limits": {

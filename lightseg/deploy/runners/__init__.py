@@ -3,7 +3,8 @@
 Every caller (``Segmenter`` and so predict and serve, eval, export's check, bench) gets its runner
 from :func:`build_runner`. One module per runtime: :mod:`.pytorch` (eager, BN folded),
 :mod:`.onnxruntime` and :mod:`.openvino` (sessions on one file), :mod:`.files` (an exported file as
-a runner) and :mod:`.exporting` (a model exported on first use, through the export cache).
+a runner), :mod:`.exporting` (a model exported on first use, through the export cache) and
+:mod:`.auto` (the path measured fastest on this machine, the default).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 from torch import nn
 
 from lightseg.checkpoint import load_weights
-from lightseg.deploy.cpu import default_cpu_path
+from lightseg.deploy import autoselect
+from lightseg.deploy.extras import installed
 from lightseg.deploy.formats import check_runtime, is_exported
 from lightseg.deploy.options import RunnerOptions
+from lightseg.deploy.runners.auto import AutoRunner
 from lightseg.deploy.runners.base import Runner
 from lightseg.deploy.runners.exporting import ExportingRunner
 from lightseg.deploy.runners.files import FileRunner
@@ -26,17 +29,34 @@ from lightseg.errors import InputError, InputNotFoundError
 from lightseg.meta import ModelMeta
 from lightseg.models.build import load_model
 
-__all__ = ["ExportingRunner", "FileRunner", "Runner", "TorchRunner", "build_runner", "resolve_path"]
+__all__ = [
+    "AutoRunner",
+    "ExportingRunner",
+    "FileRunner",
+    "Runner",
+    "TorchRunner",
+    "build_runner",
+    "resolve_path",
+]
 
 
 def resolve_path(options: RunnerOptions) -> RunnerOptions:
-    """``options`` with the runtime and precision to run a model (not a file) at: those asked for,
-    else on a CPU the default path (:func:`~lightseg.deploy.cpu.default_cpu_path`, whose precision
-    applies only when neither is given), on CUDA eager torch; fp32 where no precision is given."""
+    """``options`` with the runtime and precision to run a model (not a file) at: the runtime
+    asked for (at the precision asked for, else fp32), else ``$LIGHTSEG_RUNTIME``'s; INT8 without
+    a runtime on OpenVINO where installed (its calibration needs far less memory), else ONNX
+    Runtime. Otherwise the runtime stays ``None``: measured (:class:`~.auto.AutoRunner`)."""
     runtime, precision = options.runtime, options.precision
+    if runtime is None and (env := autoselect.override()) is not None:
+        runtime, precision = env[0], precision or env[1]
+    if runtime is None and precision == "int8":
+        runtime = "openvino" if installed("openvino") else "onnxruntime"
     if runtime is None:
-        runtime, default_precision = default_cpu_path() if options.device == "cpu" else ("torch", "fp32")
-        precision = precision or default_precision
+        if not autoselect.candidates(options.device, precision):
+            raise InputError(
+                f"no path runs {precision} on {options.device}: choose --runtime and --precision "
+                "(see `lightseg predict --help`)"
+            )
+        return options
     precision = precision or "fp32"
     check_runtime(runtime, precision)
     return options.replace(runtime=runtime, precision=precision)
@@ -56,22 +76,39 @@ def build_runner(
 
     ``options`` (or its fields as keywords, see :class:`RunnerOptions`) say how it runs: an
     exported file on its own runtime unless another that reads it is asked for, at the file's
-    precision by default; a model on the runtime asked for, else the default path
-    (:func:`resolve_path`). ``meta`` gives the facts of a file exported by another tool (or
-    overrides a model's).
+    precision by default; a model on the runtime asked for, else ``$LIGHTSEG_RUNTIME``'s, else the
+    path measured fastest on this machine (:func:`resolve_path`, :class:`AutoRunner`). ``meta``
+    gives the facts of a file exported by another tool (or overrides a model's).
     """
     options = RunnerOptions.of(options, **option_fields)
     if is_exported(source):
         if weights is not None:
             raise InputError(f"{source}: an exported file holds its weights; drop --weights {weights}")
-        return FileRunner(source, options.runtime, options.precision, options.threads, meta)
+        runner: Runner = FileRunner(
+            source, options.runtime, options.precision, options.threads, meta,
+            streams=options.streams, providers=options.providers,
+        )  # fmt: skip
+        if options.runtime is None and options.precision is None:
+            runner.reason = "the exported file's own runtime and precision"
+        return runner
     model = _model(source, weights, num_classes)
     if meta is not None:
         model.meta = meta
+    asked = options
     options = resolve_path(options)
+    if options.runtime is None:
+        return AutoRunner(model, options)
     if options.runtime == "torch":
-        return TorchRunner(model, options.optimize, options.precision, device=options.device)
-    return ExportingRunner(model, options)
+        runner = TorchRunner(
+            model, options.optimize, options.precision, device=options.device, threads=options.threads
+        )
+    else:
+        runner = ExportingRunner(model, options)
+    if asked.runtime is None:
+        runner.reason = (
+            f"${autoselect.ENV}" if autoselect.override() else "INT8 asked for: its default runtime"
+        )
+    return runner
 
 
 def _model(source: nn.Module | str | os.PathLike, weights, num_classes: int | None) -> nn.Module:

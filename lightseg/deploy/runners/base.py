@@ -25,6 +25,7 @@ class Runner:
     precision: str
     meta: ModelMeta
     output: str = "logits"
+    concurrency: int = 1  # calls that run side by side, each on its share of the threads
 
     @property
     def size_divisor(self) -> int:
@@ -41,6 +42,13 @@ class Runner:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    reason: str = "asked for"
+
+    @property
+    def why(self) -> str:
+        """Why this path runs (a measured default says what it was measured against)."""
+        return self.reason
 
     def describe(self) -> str:
         return f"{self.meta.name} on {self.runtime} {self.precision}"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from lightseg.deploy.calibration import calibration_for, check_calibration
 from lightseg.deploy.export_cache import cached_export
-from lightseg.deploy.formats import RUNTIMES, check_runtime
+from lightseg.deploy.formats import check_runtime, exported_file
 from lightseg.deploy.options import RunnerOptions
 from lightseg.deploy.runners.base import Runner
 from lightseg.deploy.runners.files import FileRunner
@@ -24,7 +26,8 @@ OPEN_SIZES = 4
 
 class ExportingRunner(Runner):
     """A model on ONNX Runtime or OpenVINO: exported (and for int8 quantised) once per padded input
-    size into the content-keyed cache (:func:`cached_export`), then run from the file."""
+    size into the content-keyed cache (:func:`cached_export`), then run from the file (which file:
+    :func:`~lightseg.deploy.formats.exported_file`)."""
 
     def __init__(self, model: nn.Module, options: RunnerOptions):
         if options.runtime not in ("onnxruntime", "openvino"):
@@ -34,13 +37,25 @@ class ExportingRunner(Runner):
         check_calibration(precision, options.calibration)
         self.model = model.eval()
         self.meta = model_meta(model)
-        self.runtime, self.precision = options.runtime, precision
+        self.runtime, self.precision, self.concurrency = options.runtime, precision, options.streams
         # compile is a run-time option of torch; an export folds BN (or leaves the model as it is)
         self.options = options.replace(
             optimize="fold-bn" if options.optimize == "compile" else options.optimize
         )
         self._files: OrderedDict[tuple[int, int], FileRunner] = OrderedDict()
         self._lock = threading.Lock()
+
+    def export(self, h: int, w: int, on_export: Callable[[], None] | None = None) -> Path:
+        """The file this runner runs at (h, w), exported (after ``on_export()``) unless cached."""
+        o = self.options
+        calib = None
+        if self.precision == "int8":
+            calib = calibration_for(o.calibration, (h, w), self.meta, o.calibration_count)
+        fmt, file_precision = exported_file(self.runtime, self.precision)
+        return cached_export(
+            self.model, fmt, (h, w), precision=file_precision, calibration=calib,
+            optimize=o.optimize, dynamic_batch=True, cache_dir=o.cache_dir, on_export=on_export,
+        )  # fmt: skip
 
     def file_runner(self, h: int, w: int) -> FileRunner:
         with self._lock:  # one export per size, also when threads ask at once
@@ -50,14 +65,10 @@ class ExportingRunner(Runner):
                 while len(self._files) >= OPEN_SIZES:  # each size holds a session: keep the recent ones
                     self._files.popitem(last=False)
                 o = self.options
-                calib = None
-                if self.precision == "int8":
-                    calib = calibration_for(o.calibration, (h, w), self.meta, o.calibration_count)
-                path = cached_export(
-                    self.model, RUNTIMES[self.runtime].export_format, (h, w), precision=self.precision,
-                    calibration=calib, optimize=o.optimize, dynamic_batch=True, cache_dir=o.cache_dir,
-                )  # fmt: skip
-                self._files[(h, w)] = FileRunner(path, self.runtime, self.precision, o.threads)
+                path = self.export(h, w)
+                self._files[(h, w)] = FileRunner(
+                    path, self.runtime, self.precision, o.threads, streams=o.streams, providers=o.providers
+                )
             return self._files[(h, w)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ class FileRunner(Runner):
     (already padded to the size divisor) are padded further to S at the bottom/right and the output
     cropped back (like padding to the size divisor, this changes what the model sees at the
     border: export at your image size for results equal to the checkpoint's). Larger inputs fail.
-    A graph of fixed batch runs a larger batch one image at a time.
+    A graph of fixed batch runs a larger batch one image at a time. ``streams`` and ``providers``:
+    see :class:`~lightseg.deploy.options.RunnerOptions`.
     """
 
     def __init__(
@@ -35,17 +37,20 @@ class FileRunner(Runner):
         precision: str | None = None,
         threads: int | None = None,
         meta: ModelMeta | None = None,
+        *,
+        streams: int = 1,
+        providers: Sequence[str] | None = None,
     ):
         self.path = Path(path)
         runtime = file_runtime(self.path, runtime)
         check_runtime(runtime, precision or "fp32")
         self.meta, self.info = exported_facts(self.path, meta)
         self.precision = _file_precision(self.path, runtime, self.info.precision, precision)
-        self.runtime, self.output = runtime, self.info.output
+        self.runtime, self.output, self.concurrency = runtime, self.info.output, streams
         if runtime == "onnxruntime":
-            self.session: Any = OrtSession(self.path, threads)
+            self.session: Any = OrtSession(self.path, threads, providers=providers, streams=streams)
         else:
-            self.session = OpenVinoSession(self.path, self.precision, threads)
+            self.session = OpenVinoSession(self.path, self.precision, threads, streams)
 
     @property
     def input_size(self) -> tuple[int, int]:

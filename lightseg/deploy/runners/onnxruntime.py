@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lightseg.deploy.cpu import available_cores
 from lightseg.deploy.extras import import_onnxruntime
 from lightseg.deploy.runners.base import as_input
 from lightseg.errors import ConfigError, InputError, InputNotFoundError
@@ -41,8 +43,12 @@ def ort_session_options(threads: int | None = None, optimization: str = "all"):
 
 
 class OrtSession:
-    """An ONNX Runtime session on one file: ``session(x) -> np.ndarray`` (x: N x 3 x H x W float32,
-    numpy or torch, at the graph's input shape; ``input_shape`` has ``None`` for dynamic axes)."""
+    """ONNX Runtime on one file: ``session(x) -> np.ndarray`` (x: N x 3 x H x W float32, numpy or
+    torch, at the graph's input shape; ``input_shape`` has ``None`` for dynamic axes).
+
+    ``streams`` sessions share ``threads`` (default: ORT's own count for one session, the
+    available cores for several): a call takes a free session, so that many calls run side by side.
+    """
 
     def __init__(
         self,
@@ -50,24 +56,40 @@ class OrtSession:
         threads: int | None = None,
         optimization: str = "all",
         providers: Sequence[str] | None = None,
+        streams: int = 1,
     ):
-        ort = import_onnxruntime()
+        import_onnxruntime()
         path = Path(path)
         if not path.is_file():
             raise InputNotFoundError(f"ONNX file not found: {path}")
-        try:
-            self.session = ort.InferenceSession(
-                str(path),
-                sess_options=ort_session_options(threads, optimization),
-                providers=list(providers or ["CPUExecutionProvider"]),
-            )
-        except Exception as e:  # ORT raises its own private exception types
-            raise InputError(f"{path}: ONNX Runtime cannot load this file ({e})") from e
-        self.path = path
+        total = threads or (available_cores() if streams > 1 else None)
+        each = max(1, int(total) // streams) if total else None
+        self.path, self.providers = path, list(providers or ["CPUExecutionProvider"])
+        self.sessions = [self._session(each, optimization) for _ in range(streams)]
+        self.session = self.sessions[0]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for s in self.sessions:
+            self._free.put(s)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
 
+    def _session(self, threads: int | None, optimization: str):
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(
+                str(self.path),
+                sess_options=ort_session_options(threads, optimization),
+                providers=self.providers,
+            )
+        except Exception as e:  # ORT raises its own private exception types
+            raise InputError(f"{self.path}: ONNX Runtime cannot load this file ({e})") from e
+
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         x = as_input(x, self.input_shape, self.path)
-        return self.session.run(None, {self.input_name: x})[0]
+        session = self._free.get()
+        try:
+            return session.run(None, {self.input_name: x})[0]
+        finally:
+            self._free.put(session)
