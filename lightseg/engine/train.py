@@ -279,24 +279,25 @@ def train(
 
     ckpt, resume_from, notes = _load_resume(cfg, work_dir, info)
     changes = check_same_run(ckpt["config"], cfg, ckpt["iteration"], resume_from) if ckpt else {}
+    evaluates = val_set is not None or bool(cfg.data.val_split)
+    complete = (
+        ckpt
+        and ckpt["iteration"] == cfg.train.iters
+        and (not evaluates or (work_dir / FINAL_METRICS).is_file())
+    )
+    num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
+    ignore_index = int(getattr(train_set, "ignore_index", 255))
+    if ckpt and not complete:
+        _check_classes(ckpt, num_classes, resume_from)
+    if model is None and not complete:  # built (weights fetched) before the run directory exists
+        model, weights_note = build_model(cfg, num_classes)
+        notes.append(weights_note)
     log = RunLog(work_dir, info, cfg.run.tensorboard, start=ckpt["iteration"] if ckpt else 0)
     for note in [dir_note, *notes]:
         if note:
             log.info(note)
-    evaluates = val_set is not None or bool(cfg.data.val_split)
-    if (
-        ckpt
-        and ckpt["iteration"] == cfg.train.iters
-        and (not evaluates or (work_dir / FINAL_METRICS).is_file())
-    ):
+    if complete:
         return _already_complete(ckpt, resume_from, work_dir, log)  # else only the final evaluation is due
-    num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
-    ignore_index = int(getattr(train_set, "ignore_index", 255))
-    if ckpt:
-        _check_classes(ckpt, num_classes, resume_from)
-    if model is None:
-        model, weights_note = build_model(cfg, num_classes)
-        log.info(weights_note)
     preflight.record_split(train_set, work_dir, info.is_main)
     _record_labels(model, train_set)
     if cfg.train.channels_last:
