@@ -91,8 +91,13 @@ def test_kaggle_camvid_export_with_void_ignored_by_name(tmp_path: Path) -> None:
     want = expected(splits["train"])
     for stem, mask in loaded(ds).items():
         assert np.array_equal(mask, np.where(want[stem] == 4, 255, want[stem]))
-    # without the option Void is a fifth class, with its colour
+    # without the option Void is a fifth class, with its colour, and the doctor suggests the option
     assert build_dataset("folder", root, "val").palette[-1] == (1, 1, 1)
+    report = json.loads(_check(root, "--split", "train", "--format", "json"))["train"]
+    assert report["hints"] == [
+        "class 'Void' looks like unlabelled pixels; if it is: --data.ignore_index Void (it then leaves the "
+        "class list and its pixels are ignored)"
+    ]
 
 
 def test_roboflow_semantic_masks_export(tmp_path: Path) -> None:

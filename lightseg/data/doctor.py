@@ -98,6 +98,19 @@ def check_pair(ds: SegDataset, i: int) -> dict[str, Any]:
     return out
 
 
+UNLABELLED_NAMES = ("void", "unlabelled", "unlabeled", "ignore", "__ignore__", "unknown", "undefined")
+
+
+def _unlabelled_class_hints(ds: SegDataset) -> list[str]:
+    """A class whose name says "not labelled" (Kaggle's ``Void``) is trained as a class unless ignored."""
+    return [
+        f"class {name!r} looks like unlabelled pixels; if it is: --data.ignore_index {name} (it then "
+        "leaves the class list and its pixels are ignored)"
+        for name in ds.classes
+        if name.strip().lower() in UNLABELLED_NAMES and ds.name == "folder"
+    ]
+
+
 _WORKER_DS: SegDataset | None = None
 
 
@@ -137,6 +150,7 @@ def check_dataset(ds: SegDataset, workers: int = 0) -> dict[str, Any]:
         if r["hist"] is not None:
             hist += r["hist"]
     report["class_pixels"] = {name: int(hist[k]) for k, name in enumerate(ds.classes)}
+    hints.update(dict.fromkeys(_unlabelled_class_hints(ds)))
     report["ignore_pixels"] = int(hist[IGNORE_INDEX])
     report["hints"] = list(hints)
     report["ok"] = not any(report[k] for k in PROBLEM_KEYS) and report["pairs"] > 0

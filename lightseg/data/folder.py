@@ -129,7 +129,6 @@ class FolderDataset(SegDataset):
         self.reduce_zero_label = reduce_zero_label
         self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
         self.split_record: dict[str, Any] | None = None
-        self.ignored_class: str | None = None
         self.pairing_hint: str | None = None
         table = self._class_table(given_root, classes)
         colours, colour_source = self._explicit_colours(palette, table)
@@ -217,7 +216,6 @@ class FolderDataset(SegDataset):
             n = len(table.names)
             self._pos_to_id[ignored] = IGNORE_INDEX
             self._pos_to_id[ignored + 1 : n] -= 1
-            self.ignored_class = table.names[ignored]
             return table.without(ignored)
         return table
 
