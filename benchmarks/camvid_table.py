@@ -6,7 +6,7 @@ evaluation feeds it (480x360 padded to 384x480), measured side by side in this r
 
 Latency: batch 1, random weights (they do not change the time), logits at the output stride; eager
 PyTorch with BN folded and ONNX Runtime on the optimised export, all paths timed interleaved in
-rotating blocks (``lightseg.engine.bench.time_interleaved``) so load drift hits every model alike.
+rotating blocks (``lightseg.deploy.bench.time_interleaved``) so load drift hits every model alike.
 A results file's optional ``"note"`` is printed under the table. Writes
 benchmarks/results/camvid_table_<hardware>.{json,md}.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lightseg.engine.bench import environment, make_runner, summarize, time_interleaved
+from lightseg.deploy.bench import environment, make_runner, summarize, time_interleaved
 from lightseg.flops import count_all_conventions, count_params
 from lightseg.models import create_model
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightseg.engine.backends import ort_session_options
-from lightseg.engine.bench import environment, time_fn
+from lightseg.deploy.bench import environment, time_fn
+from lightseg.deploy.runners.onnxruntime import ort_session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 GEMM_N = 2048

@@ -15,7 +15,7 @@ B. Full-resolution labels, with trained CamVid weights (``--weights``; the bound
    stride-8 logits vs. labels at 512x512 via ``upsample_argmax`` and via in-graph upsample+argmax,
    on a real CamVid test image; the same for the INT8 paths (ONNX Runtime, OpenVINO).
 C. Accuracy cost of reduced precision, trained weights: mIoU on the 233 CamVid test images
-   (480x360, ``lightseg.engine.evaluate`` through the runners) for every runtime and precision.
+   (480x360, ``lightseg.evaluation`` through the runners) for every runtime and precision.
 D. INT8 calibration peak memory (``--calib`` CamVid train images at the timed size, each
    quantiser in its own process on an already exported fp32 graph; images streamed from disk).
 
@@ -39,8 +39,7 @@ from typing import Any
 
 import torch
 
-from lightseg.engine.backends import FileRunner
-from lightseg.engine.bench import (
+from lightseg.deploy.bench import (
     bench_isolated,
     environment,
     export_path,
@@ -48,7 +47,9 @@ from lightseg.engine.bench import (
     summarize,
     time_interleaved,
 )
-from lightseg.engine.export import CalibrationImages
+from lightseg.deploy.calibration import CalibrationImages
+from lightseg.deploy.options import RunnerOptions
+from lightseg.deploy.runners import FileRunner
 from lightseg.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,10 +80,10 @@ def _names(split: str) -> list[str]:
     return sorted(p.name for p in (DATA / split).glob("*.png"))
 
 
-def _calibration(n: int, size: tuple[int, int], model) -> CalibrationImages:
-    """INT8 calibration images: n CamVid *train* images spread over the split (never the test
+def _calibration(n: int) -> dict[str, Any]:
+    """INT8 calibration options: n CamVid *train* images spread over the split (never the test
     images that part C scores), streamed from disk."""
-    return CalibrationImages([DATA / "train"], size, model.meta.mean, model.meta.std, n)
+    return {"calibration": (str(DATA / "train"),), "calibration_count": n}
 
 
 def speed_rows(calib, openvino: bool) -> list[tuple[str, dict[str, Any]]]:
@@ -90,12 +91,12 @@ def speed_rows(calib, openvino: bool) -> list[tuple[str, dict[str, Any]]]:
     rows = [(label, dict(kw, output="logits")) for label, kw in FP32_ROWS]
     rows.append((BF16, dict(runtime="torch", optimize="fold-bn", precision="bf16", output="logits")))
     if calib:
-        rows.append((INT8, dict(runtime="onnxruntime", precision="int8", calibration=calib, output="logits")))
+        rows.append((INT8, dict(runtime="onnxruntime", precision="int8", output="logits", **calib)))
     if openvino:
         for label, precision in OV.items():
             if precision != "int8" or calib:
                 kw = dict(runtime="openvino", precision=precision, output="logits")
-                rows.append((label, kw | ({"calibration": calib} if precision == "int8" else {})))
+                rows.append((label, kw | (calib if precision == "int8" else {})))
     # Worst case for full-resolution labels: untrained weights change the label at almost every
     # pixel, so upsample_argmax falls back to upsampling all K=150 maps.
     rows.append(
@@ -111,11 +112,11 @@ def full_res_rows(calib, openvino: bool) -> list[tuple[str, dict[str, Any]]]:
     """Part B: the trained model, stride-8 logits vs. full-resolution labels."""
     paths = [(OPTIMISED, dict(runtime="onnxruntime"))]
     if calib:
-        paths.append((INT8, dict(runtime="onnxruntime", precision="int8", calibration=calib)))
+        paths.append((INT8, dict(runtime="onnxruntime", precision="int8", **calib)))
     if openvino:  # the fastest paths measured here; bf16 is the default where the CPU has AMX
         paths.append((OV_BF16, dict(runtime="openvino", precision="bf16")))
         if calib:
-            paths.append((OV_INT8, dict(runtime="openvino", precision="int8", calibration=calib)))
+            paths.append((OV_INT8, dict(runtime="openvino", precision="int8", **calib)))
     rows = []
     for label, q in paths:
         rows += [(label, dict(q, output="logits")), (label + " + upsample_argmax", dict(q, output="argmax"))]
@@ -143,7 +144,7 @@ def time_paths(parts, size, threads: int, warmup: int, runs: int, cache: str) ->
     for p, (model, x, rows) in enumerate(parts):
         for label, kw in rows:
             kw = {"optimize": "fold-bn", "precision": "fp32", **kw}
-            run = make_runner(model, size, 1, threads=threads, onnx_path=cache, **kw)
+            run = make_runner(model, size, 1, threads=threads, cache_dir=cache, **kw)
             fns[(p, label)] = lambda run=run, x=x: run(x)
             meta[(p, label)] = kw
             print(f"built: {label}", file=sys.stderr, flush=True)
@@ -161,22 +162,24 @@ def time_isolated(args, model, rows, size, cache: str) -> list[dict[str, Any]]:
     path (OpenMP, ONNX Runtime, OpenVINO) is alive while another is timed. The graphs are exported
     (and quantised) once into ``cache`` first; then ``--rounds`` rounds run one process per path, the
     order reversed every other round so that drift in machine load hits all paths alike
-    (:func:`lightseg.engine.bench.bench_isolated`)."""
+    (:func:`lightseg.deploy.bench.bench_isolated`)."""
     for _, kw in rows:
         if kw["runtime"] != "torch":
-            export_path(model, size, 1, onnx_path=cache, **kw)
+            export_path(model, size, 1, cache_dir=cache, **kw)
     specs = {
         label: {
             "model": args.model,
             "num_classes": args.num_classes,
             "size": list(size),
-            "threads": args.threads,
             "warmup": args.warmup + 1,
             "runs": args.runs,
-            "calibration": {"inputs": [str(DATA / "train")], "count": args.calib}
-            if "calibration" in kw
-            else None,
-            "runner": {k: v for k, v in kw.items() if k != "calibration"} | {"onnx_path": cache},
+            "output": kw["output"],
+            "opset": kw.get("opset"),
+            "options": RunnerOptions.of(
+                threads=args.threads,
+                cache_dir=cache,
+                **{k: v for k, v in kw.items() if k not in ("output", "opset")},
+            ).to_dict(),
         }
         for label, kw in rows
     }
@@ -188,11 +191,11 @@ def accuracy_part(
     model, threads: int, n_images: int, calib_n: int, openvino: bool, cache: str
 ) -> dict[str, Any]:
     """mIoU on CamVid test (480x360 -> padded 384x480) per runtime and precision, and its change vs.
-    eager fp32. Every exported path runs through :class:`lightseg.engine.backends.FileRunner`."""
+    eager fp32. Every exported path runs through :class:`lightseg.deploy.runners.FileRunner`."""
     from lightseg.config import EvalConfig
     from lightseg.data import build_dataset
     from lightseg.data.transforms import build_eval_transform
-    from lightseg.engine.evaluate import evaluate
+    from lightseg.evaluation import evaluate
     from lightseg.fuse import optimize_for_inference
 
     ds = build_dataset("camvid", str(DATA), "test", transform=build_eval_transform(scale=(480, 360)))
@@ -202,11 +205,11 @@ def accuracy_part(
     cfg = EvalConfig(mode="whole")
     d = int(model.size_divisor)
     h, w = -(-360 // d) * d, -(-480 // d) * d
-    calib = _calibration(calib_n, (h, w), model)
+    calib = _calibration(calib_n)
 
     def runner(runtime: str, precision: str) -> FileRunner:
-        kw = {"calibration": calib} if precision == "int8" else {}
-        path = export_path(model, (h, w), runtime=runtime, precision=precision, onnx_path=cache, **kw)
+        kw = calib if precision == "int8" else {}
+        path = export_path(model, (h, w), runtime=runtime, precision=precision, cache_dir=cache, **kw)
         return FileRunner(path, runtime, precision, threads)
 
     folded = optimize_for_inference(model, "fold-bn", size=(h, w))
@@ -240,8 +243,10 @@ def accuracy_part(
 
 CALIB_CHILD = """
 import json, sys
-from lightseg.engine.bench import peak_rss_mb
-from lightseg.engine.export import CalibrationImages, quantize_onnx_int8, quantize_openvino_int8
+from lightseg.deploy.bench import peak_rss_mb
+from lightseg.deploy.calibration import CalibrationImages
+from lightseg.deploy.export_onnx import quantize_onnx_int8
+from lightseg.deploy.export_openvino import quantize_openvino_int8
 kind, src, dst, data, n, h, w = sys.argv[1:]
 before = peak_rss_mb()
 calib = CalibrationImages([data], (int(h), int(w)), (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), int(n))
@@ -259,7 +264,7 @@ def calibration_memory(model, size, n: int, openvino: bool) -> dict[str, Any]:
     fp32 graph on ``n`` CamVid train images at ``size``: ONNX Runtime's static INT8 and NNCF."""
     import subprocess
 
-    from lightseg.engine.export import export_onnx
+    from lightseg.deploy.export_onnx import export_onnx
 
     tmp = Path(tempfile.mkdtemp(prefix="lightseg-calib-"))
     src = export_onnx(model, tmp / "fp32.onnx", size)
@@ -415,7 +420,7 @@ def main() -> int:
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.num_classes).eval()
     have_data = bool(_names("train")) and not args.no_int8
-    calib = _calibration(args.calib, size, model) if have_data else None
+    calib = _calibration(args.calib) if have_data else None
     x = torch.randn(1, 3, *size)
     parts = [] if args.isolate else [(model, x, speed_rows(calib, openvino))]
     trained, acc, calib_mem = None, None, None

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from lightseg.models.registry import create_model, get_entry
+from lightseg.models.build import create_model
+from lightseg.models.registry import get_entry
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MODELS = ("cgrseg_t", "cgrseg_b", "cgrseg_l")

@@ -1,10 +1,14 @@
 """Load on ``lightseg serve``: latency percentiles, throughput and errors at several concurrencies.
 
 Starts ``lightseg serve`` (CGRSeg-T with CamVid's 11 classes) as a separate process bound to
-127.0.0.1, then, for each concurrency c, keeps c requests in flight until its share of
+127.0.0.1 for each ``--runtime`` (``auto``: no ``--runtime``, the default path measured on the
+first request), then, for each concurrency c, keeps c requests in flight until its share of
 ``--requests`` has been answered: ``POST /v1/segment`` with a real CamVid image (480 x 360 PNG,
 cycling through the test split), the palette PNG label map back. The requests are split into
-``--rounds`` rounds that visit every level in turn, so a change of machine load hits all alike.
+``--rounds`` rounds that visit every server and every level in turn (the servers' order reversed
+every other round), so a change of machine load hits all alike. The first request of each server
+is timed on its own: for the default path it includes the export and the measurement, in a cache
+of this run (``--cache``).
 Client-side latency is from sending the request to the last byte of the answer; the server's own
 breakdown (decode, queue, inference) comes from its ``Server-Timing`` header. The client runs on
 the same machine (one asyncio process), so it competes with the server for the CPU.
@@ -13,11 +17,11 @@ The weights are random: the network does the same work as a trained one, but its
 almost everywhere, which sends the full-resolution label step down its slowest path
 (see ``upsample_argmax``); a trained model's answers are somewhat faster.
 
-Writes ``benchmarks/results/serve_load_<model>_<runtime>_<cpu>_<cores>c.json`` and ``.md``, with the CPU,
-core count, versions, the 1-minute load average before and after, and a free-text note.
+Writes ``benchmarks/results/serve_load_<model>_<runtimes>_<cpu>_<cores>c.json`` and ``.md``, with the
+CPU, core count, versions, the 1-minute load average before and after, and a free-text note.
 
-    python benchmarks/serve_load.py                      # 500 requests at c = 1, 4, 16, ONNX Runtime
-    python benchmarks/serve_load.py --requests 60 --note "shared CPU"
+    python benchmarks/serve_load.py                      # 500 requests at c = 1, 4, 16, the default path
+    python benchmarks/serve_load.py --runtime torch auto --concurrency 8 --requests 200 --note "shared CPU"
 """
 
 from __future__ import annotations
@@ -84,20 +88,17 @@ def save_model(folder: Path, name: str) -> Path:
     return save_weights(model, folder / f"{name}.safetensors", classes=CamVid.CLASSES, palette=CamVid.PALETTE)
 
 
-def start_server(checkpoint: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def start_server(
+    checkpoint: Path, port: int, runtime: str, args: argparse.Namespace, cache: Path
+) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "lightseg.cli", "serve", str(checkpoint), "--host", "127.0.0.1"]
-    cmd += [
-        "--port",
-        str(port),
-        "--runtime",
-        args.runtime,
-        "--max-batch",
-        str(args.max_batch),
-        "--no-access-log",
-    ]
+    cmd += ["--port", str(port), "--max-batch", str(args.max_batch), "--no-access-log"]
+    if runtime != "auto":
+        cmd += ["--runtime", runtime]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LIGHTSEG_CACHE": str(cache)}
+    env.pop("LIGHTSEG_RUNTIME", None)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -186,35 +187,61 @@ async def load(client, images: list[bytes], requests: int, samples: Samples) -> 
     samples.wall_s += time.perf_counter() - start
 
 
-async def run(args: argparse.Namespace, images: list[bytes], proc: subprocess.Popen, port: int) -> list[dict]:
-    """Warm up, then ``--rounds`` rounds; each round runs every concurrency level in turn with its
-    share of the requests, so that a change of machine load hits every level alike."""
+@dataclass
+class Server:
+    runtime: str  # as asked for: torch, onnxruntime, openvino or auto (no --runtime)
+    proc: subprocess.Popen
+    port: int
+    client: object = None
+    first_request_s: float = 0.0
+    path: dict = field(default_factory=dict)  # GET /v1/model: runtime, precision, why, workers
+    levels: list = field(default_factory=list)
+
+
+async def run(args: argparse.Namespace, images: list[bytes], servers: list[Server]) -> None:
+    """Warm up every server (its first request timed on its own), then ``--rounds`` rounds; each
+    round runs every server (order reversed every other round) at every concurrency level with its
+    share of the requests, so that a change of machine load hits every server and level alike."""
     import httpx
 
     limits = httpx.Limits(
         max_connections=max(args.concurrency), max_keepalive_connections=max(args.concurrency)
     )
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as client:
-        await wait_healthy(client, proc)
-        for i in range(args.warmup):  # the first request of a size builds the ONNX Runtime session
-            r = await client.post("/v1/segment", content=images[i % len(images)])
-            r.raise_for_status()
-        levels = [Samples(c) for c in args.concurrency]
+    for s in servers:
+        s.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{s.port}", timeout=900, limits=limits)
+        await wait_healthy(s.client, s.proc)
+        start = time.perf_counter()
+        (await s.client.post("/v1/segment", content=images[0])).raise_for_status()
+        s.first_request_s = round(time.perf_counter() - start, 2)
+        for i in range(1, args.warmup):
+            (await s.client.post("/v1/segment", content=images[i % len(images)])).raise_for_status()
+        s.path = {k: v for k, v in (await s.client.get("/v1/model")).json().items() if k in PATH_KEYS}
+        s.levels = [Samples(c) for c in args.concurrency]
+    try:
         for r in range(args.rounds):
             share = args.requests * (r + 1) // args.rounds - args.requests * r // args.rounds
-            for samples in levels:
-                await load(client, images, share, samples)
-        assert (await client.get("/healthz")).status_code == 200
-    return [samples.summary() for samples in levels]
+            for s in servers if r % 2 == 0 else servers[::-1]:
+                for samples in s.levels:
+                    await load(s.client, images, share, samples)
+        for s in servers:
+            assert (await s.client.get("/healthz")).status_code == 200
+    finally:
+        for s in servers:
+            await s.client.aclose()
+
+
+PATH_KEYS = ("runtime", "precision", "why", "workers")
 
 
 def markdown(doc: dict) -> str:
+    levels = ", ".join(str(c) for c in doc["concurrency"])
     lines = [
-        f"# lightseg serve under load: {doc['model']} at {doc['image_size']}, {doc['runtime']}",
+        f"# lightseg serve under load: {doc['model']} at {doc['image_size']}, {' vs '.join(doc['runtimes'])}",
         "",
         f"CPU: {doc['cpu']} ({doc['cores']} cores), {doc['date']}; server threads: {doc['threads'] or 'runtime default'}, "
         f"max batch {doc['max_batch']}; {doc['warmup']} warm-up requests, then {doc['requests']} requests per "
-        f"concurrency in {doc['rounds']} interleaved rounds (1, 4, 16, 1, 4, 16, ...).",
+        f"server and concurrency in {doc['rounds']} interleaved rounds (every server at {levels}, the servers' "
+        "order reversed every other round).",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".",
         f"Load average (1 min) before/after: {doc['load_before']} / {doc['load_after']}.",
         "Random weights: labels change almost everywhere, the slowest case of the label upsampling; "
@@ -224,15 +251,19 @@ def markdown(doc: dict) -> str:
         lines.append(f"Note: {doc['note']}")
     lines += [
         "",
-        "| concurrency | requests | errors | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) | server inference p50 (ms) | server queue p50 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server (--runtime) | runs | workers | first request (s) | concurrency | requests | errors | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) | server inference p50 (ms) | server queue p50 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in doc["results"]:
-        s = r["server_median_ms"]
-        lines.append(
-            f"| {r['concurrency']} | {r['requests']} | {r['errors']} | {r['throughput_rps']} | {r['p50_ms']} | "
-            f"{r['p90_ms']} | {r['p99_ms']} | {s['inference']} | {s['queue']} |"
-        )
+    for srv in doc["servers"]:
+        path = srv["path"]
+        for r in srv["results"]:
+            s = r["server_median_ms"]
+            lines.append(
+                f"| {srv['runtime']} | {path.get('runtime')} {path.get('precision')} | {path.get('workers')} | "
+                f"{srv['first_request_s']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
+                f"{r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {s['inference']} | {s['queue']} |"
+            )
+    lines += [""] + [f"- `{srv['runtime']}`: {srv['path'].get('why')}" for srv in doc["servers"]]
     lines += ["", f"Command: `{doc['command']}`", ""]
     return "\n".join(lines)
 
@@ -240,8 +271,14 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cgrseg_t")
-    p.add_argument("--runtime", default="onnxruntime", choices=["torch", "onnxruntime", "openvino"])
-    p.add_argument("--requests", type=int, default=500, help="requests per concurrency level")
+    p.add_argument(
+        "--runtime",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "torch", "onnxruntime", "openvino"],
+        help="one server per runtime, timed in alternating rounds (auto: no --runtime, the default path)",
+    )
+    p.add_argument("--requests", type=int, default=500, help="requests per server and concurrency level")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are split into")
@@ -252,7 +289,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=20, help="distinct CamVid test images to cycle through")
     p.add_argument("--note", default="")
     p.add_argument(
-        "--out", default=None, help="result file stem (default: serve_load_<model>_<runtime>_<cpu>)"
+        "--out", default=None, help="result file stem (default: serve_load_<model>_<runtimes>_<cpu>)"
     )
     args = p.parse_args()
 
@@ -263,20 +300,24 @@ def main() -> None:
     load_before = _load()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         checkpoint = save_model(Path(tmp), args.model)
-        port = free_port()
-        proc = start_server(checkpoint, port, args)
+        servers = []
         try:
-            results = asyncio.run(run(args, images, proc, port))
+            for runtime in args.runtime:
+                port = free_port()
+                servers.append(
+                    Server(runtime, start_server(checkpoint, port, runtime, args, Path(tmp) / "cache"), port)
+                )
+            asyncio.run(run(args, images, servers))
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for srv in servers:
+                srv.proc.terminate()
+                srv.proc.wait(30)
     from PIL import Image
 
     w, h = Image.open(files[0]).size
     doc = {
         "model": args.model,
-        "runtime": args.runtime,
-        "precision": "fp32",
+        "runtimes": args.runtime,
         "image_size": f"{w}x{h}",
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -287,20 +328,29 @@ def main() -> None:
         "warmup": args.warmup,
         "requests": args.requests,
         "rounds": args.rounds,
+        "concurrency": args.concurrency,
         "versions": {
             "python": platform.python_version(),
             **{
                 pkg: version(pkg)
-                for pkg in ("torch", "onnxruntime", "starlette", "uvicorn", "httpx", "pillow")
+                for pkg in ("torch", "onnxruntime", "openvino", "starlette", "uvicorn", "httpx", "pillow")
             },
         },
         "load_before": load_before,
         "load_after": _load(),
         "note": args.note,
         "command": shlex.join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
-        "results": results,
+        "servers": [
+            {
+                "runtime": srv.runtime,
+                "path": srv.path,
+                "first_request_s": srv.first_request_s,
+                "results": [samples.summary() for samples in srv.levels],
+            }
+            for srv in servers
+        ],
     }
-    stem = args.out or f"serve_load_{args.model}_{args.runtime}_{machine_tag()}"
+    stem = args.out or f"serve_load_{args.model}_{'-vs-'.join(args.runtime)}_{machine_tag()}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(doc))

@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightseg.engine.runtime import load_train_checkpoint  # noqa: E402
+from lightseg.training.checkpoints import load_train_checkpoint  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "cgrseg-t_camvid_smoke.yaml"
 RESUMED = re.compile(r"resumed from (\S+) at iteration (\d+)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lightseg.config import load_config
-from lightseg.engine.train import train
+from lightseg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

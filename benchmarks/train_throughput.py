@@ -2,7 +2,7 @@
 
 One step = ``forward_train`` + the training loss (CE, plus the contrastive term for heads that
 provide embeddings) + backward + AdamW with the SPEC 1.6 parameter groups — exactly what
-``lightseg.engine.train`` does per iteration, minus data loading (measured separately by
+``lightseg.training`` does per iteration, minus data loading (measured separately by
 ``benchmarks/data_pipeline.py``). Inputs are random normalised images with random labels.
 
     python benchmarks/train_throughput.py --model cgrseg_t --size 512 512 --batch 2 --threads 2
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from lightseg.engine import optim as optim_lib
-from lightseg.engine.bench import environment, peak_rss_mb, summarize, time_fn
+from lightseg.deploy.bench import environment, peak_rss_mb, summarize, time_fn
 from lightseg.losses import build_seg_loss
 from lightseg.models import create_model
+from lightseg.training import optim as optim_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Weights on disk: lightseg's own formats and foreign layouts, all loaded strictly.
 
 This module only reads and writes state dicts; building a model from a name, a file or metadata
-is :mod:`lightseg.models.build`'s job. Formats:
+is :mod:`lightseg.models.build`'s job (it imports this module, never the other way round). Formats:
 
 - ``lightseg`` — safetensors weights with the model's :class:`~lightseg.meta.ModelMeta` as JSON
   under :data:`~lightseg.meta.META_KEY` (files written before it store ``model_name``,
@@ -11,6 +11,9 @@ is :mod:`lightseg.models.build`'s job. Formats:
 - foreign layouts (official mmseg CGRSeg files, ImageNet backbone files, ...) — each model
   family registers a :class:`CheckpointLayout` whose ``convert`` maps every source key
   and fails listing whatever is left over; deliberate drops are named with a reason.
+
+lightseg's own files carry the SHA-256 of their bytes and are verified on every read
+(:mod:`lightseg.digest`); foreign files and lightseg files written before the digest have none.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightseg.errors import CheckpointError
+from lightseg import digest
+from lightseg.errors import CheckpointError, ForeignCheckpointError
 from lightseg.meta import META_KEY, ModelMeta, model_meta
+from lightseg.storage import atomic_file
 from lightseg.weights import resolve_path
 
 FORMAT_KEY = "format"
@@ -126,15 +131,18 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file; one lightseg wrote is verified against its
+    digest first (:mod:`lightseg.digest`)."""
     from safetensors import safe_open
 
+    digest.verify(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as e:  # safetensors raises several private error types
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    return tensors, meta
+    return tensors, digest.without_digest(meta)
 
 
 def save_weights(
@@ -149,20 +157,21 @@ def save_weights(
     :class:`lightseg.ModelMeta`), so that :func:`lightseg.load_checkpoint` rebuilds it alone.
 
     ``classes`` / ``palette`` update the model's metadata (and ``model.meta`` itself) before writing;
-    ``extra`` values are stored as JSON under their own keys.
+    ``extra`` values are stored as JSON under their own keys. The file carries the SHA-256 of its
+    bytes, checked whenever lightseg reads it (:mod:`lightseg.digest`), and appears atomically.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = with_classes(model_meta(model), classes, palette)
     model.meta = meta
     header = {FORMAT_KEY: LIGHTSEG_FORMAT, META_KEY: meta.to_json()}
     for k, v in (extra or {}).items():
         header[k] = json.dumps(v)
+    header.update(digest.safetensors_header())
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    with atomic_file(path, "weights", "save them again") as f:
+        digest.seal_safetensors(save(state, metadata=header), f)
     return path
 
 
@@ -178,11 +187,16 @@ def with_classes(
     return meta.replace(**changes) if changes else meta
 
 
-def _load_object(path: Path) -> Any:
+def load_torch_file(path: Path) -> Any:
+    """What a ``torch.save`` file holds (tensors and plain containers only: no code runs); a file
+    lightseg wrote is verified against its digest first (:mod:`lightseg.digest`)."""
+    verified = digest.verify(path)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    digest.check_declared(path, obj, verified)
+    return obj
 
 
 def _target_module(model: nn.Module, target: str) -> nn.Module:
@@ -208,7 +222,7 @@ def _read_any(path: Path) -> tuple[Any, str | None]:
     if _is_safetensors(path):
         tensors, header = read_safetensors(path)
         return tensors, LIGHTSEG_FORMAT if header.get(FORMAT_KEY) == LIGHTSEG_FORMAT else None
-    obj = _load_object(path)
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and obj.get(FORMAT_KEY) == TRAIN_FORMAT:
         return obj["model"], TRAIN_FORMAT
     return obj, None
@@ -252,7 +266,7 @@ def _legacy_fields(header: Mapping[str, str], path: Path) -> dict[str, Any]:
     """Metadata of safetensors files written before :class:`ModelMeta` (separate keys)."""
     name = header.get("model_name")
     if header.get(FORMAT_KEY) != LIGHTSEG_FORMAT or not name:
-        raise CheckpointError(
+        raise ForeignCheckpointError(
             f"{path}: safetensors file without lightseg metadata ({META_KEY}); for weights of another "
             "layout use create_model(name, weights=path)"
         )
@@ -286,20 +300,10 @@ def read_checkpoint(path_or_url: str | os.PathLike) -> tuple[dict[str, Any], dic
         if META_KEY in header:
             return ModelMeta.from_json(header[META_KEY], source=str(path)).to_dict(), tensors
         return _legacy_fields(header, path), tensors
-    obj = _load_object(path)
+    obj = load_torch_file(path)
     if not (isinstance(obj, dict) and obj.get(FORMAT_KEY) == TRAIN_FORMAT):
-        raise CheckpointError(
+        raise ForeignCheckpointError(
             f"{path}: not a lightseg checkpoint (safetensors with {META_KEY}, or a training checkpoint); "
             "for foreign layouts use create_model(name, weights=path)"
         )
     return _train_fields(obj, path), obj["model"]
-
-
-def __getattr__(name: str) -> Any:
-    # ``load_checkpoint`` builds a model, which is not this module's job; it lives in
-    # lightseg.models.build and stays importable from here for existing callers.
-    if name == "load_checkpoint":
-        from lightseg.models.build import load_checkpoint
-
-        return load_checkpoint
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from lightseg.errors import ConfigError, ConfigNotFoundError
+from lightseg.storage import write_text
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -101,7 +102,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with the original's parameter groups (see ``engine/optim.py``)."""
+    """AdamW with the original's parameter groups (see ``training/optim.py``)."""
 
     lr: float = _f(1.2e-4, "base learning rate")
     betas: list = _f([0.9, 0.999], "AdamW betas")
@@ -396,10 +397,9 @@ def reference_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(cfg.to_yaml())
-    return path
+def save_config(cfg: Config, path: str | Path, then: str = "save it again") -> Path:
+    """Write ``cfg`` as YAML (atomically; a failed write is one :class:`StorageError`)."""
+    return write_text(path, cfg.to_yaml(), "the config", then)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ does not fit, an input of the wrong size, a run that diverged) derives from :cla
 The command line catches this hierarchy only: any other exception is a bug and keeps its traceback.
 
 The subclasses also derive from the builtin a caller would expect (``ValueError``,
-``FileNotFoundError``, ``KeyError``, ``RuntimeError``) so that ``except ValueError`` code written
+``FileNotFoundError``, ``KeyError``, ``RuntimeError``, ``OSError``) so that ``except ValueError`` code written
 against earlier versions keeps working.
 """
 
@@ -34,6 +34,11 @@ class SplitNotFoundError(DatasetNotFoundError):
 
 class CheckpointError(LightsegError, ValueError):
     """A checkpoint or weights file that cannot be read or does not fit the model."""
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A readable checkpoint in a layout other than lightseg's own: it does not name its model, so it
+    loads only into a model built by name (``create_model(name, weights=path)``)."""
 
 
 class WeightsNotFoundError(CheckpointError, FileNotFoundError):
@@ -72,6 +77,11 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
 
 class OutOfMemoryError(LightsegError, RuntimeError):
     """The device ran out of memory; says which settings lower the need and what was saved."""
+
+
+class StorageError(LightsegError, OSError):
+    """A file lightseg writes cannot be written (a full, read-only or vanished disk): names the path,
+    the cause and what to do; no partial file is left behind."""
 
 
 class DivergenceError(LightsegError, RuntimeError):

@@ -284,7 +284,7 @@ def _skip_weight_init() -> Iterator[None]:
 def _build_and_count(name: str, num_classes: int, size: tuple[int, int]) -> tuple[nn.Module, dict[str, int]]:
     """Build ``name`` on the CPU without weight init, count on ``meta`` (shapes only); if the
     model cannot run on ``meta``, count a real CPU run instead (same numbers, slower)."""
-    from lightseg.models.registry import create_model
+    from lightseg.models.build import create_model
 
     with _skip_weight_init():
         model = create_model(name, num_classes=num_classes)

@@ -24,6 +24,9 @@ from torch import nn
 
 from lightseg.errors import ConfigError
 
+# What optimize_for_inference can do to a model before it runs (see its docstring).
+OPTIMIZATIONS = ("none", "fold-bn", "compile")
+
 
 @dataclass
 class FoldReport:
@@ -229,8 +232,8 @@ def optimize_for_inference(
     attention-bias tables when ``size`` is given), ``"compile"`` (``fold-bn`` then ``torch.compile``;
     on this CPU compile has been slower than eager for these models, so it is opt-in).
     """
-    if optimize not in ("none", "fold-bn", "compile"):
-        raise ConfigError(f"optimize must be one of none, fold-bn, compile; got {optimize!r}")
+    if optimize not in OPTIMIZATIONS:
+        raise ConfigError(f"optimize must be one of {', '.join(OPTIMIZATIONS)}; got {optimize!r}")
     model = copy.deepcopy(model).eval()
     if optimize == "none":
         return model

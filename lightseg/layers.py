@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from lightseg.meta import IMAGENET_MEAN, IMAGENET_STD
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -26,6 +30,22 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rate={self.rate}"
+
+
+class Renormalize(nn.Module):
+    """Input normalised with lightseg's ImageNet mean/std -> ``(rgb - mean) / std``, the
+    normalisation a backbone's pretrained weights were trained with: a fixed per-channel affine
+    map, in non-persistent buffers so that state dicts hold learned values only."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        m_in, s_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean, std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self.register_buffer("scale", (s_in / std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((m_in - mean) / std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
 
 
 class ConvBN(nn.Sequential):

@@ -8,13 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners=False) resize of N x K x h x w logits to ``size`` — how both papers'
-    code brings logits to the label size before the loss."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+from lightseg.inference import resize_logits
 
 
 def seg_cross_entropy(

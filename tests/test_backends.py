@@ -11,21 +11,20 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import trained_like_norms
+from helpers import TinySeg, trained_like_norms
 
 from lightseg import Segmenter, create_model, list_models, save_weights
 from lightseg.cli import main
-from lightseg.engine import backends
-from lightseg.engine.backends import FileRunner, OpenVinoSession, OrtSession, build_runner, exported_facts
-from lightseg.engine.export import (
-    CalibrationImages,
-    ExportInfo,
-    export_onnx,
-    onnx_to_openvino,
-)
-from lightseg.engine.postprocess import torch_threads, upsample_argmax
+from lightseg.deploy import export_cache
+from lightseg.deploy.calibration import CalibrationImages
+from lightseg.deploy.export_onnx import export_onnx
+from lightseg.deploy.export_openvino import onnx_to_openvino
+from lightseg.deploy.metadata import ExportInfo, exported_facts, read_meta_file
+from lightseg.deploy.runners import FileRunner, build_runner
+from lightseg.deploy.runners.onnxruntime import OrtSession
+from lightseg.deploy.runners.openvino import OpenVinoSession
 from lightseg.errors import InputError
-from lightseg.meta import ModelMeta
+from lightseg.inference import torch_threads, upsample_argmax
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -34,20 +33,6 @@ CAMVID_PALETTE = [
     [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
     [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
 ]  # fmt: skip
-
-
-class TinySeg(torch.nn.Module):
-    """A one-conv segmentor (stride 8) with lightseg metadata: exports in a second, for tests of
-    the backend layer itself (caching, foreign files)."""
-
-    def __init__(self, num_classes: int = 3):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, num_classes, 8, stride=8)
-        self.num_classes, self.size_divisor = num_classes, 8
-        self.meta = ModelMeta(name="tiny", num_classes=num_classes, size_divisor=8, output_stride=8)
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 @pytest.fixture(autouse=True)
@@ -203,8 +188,8 @@ def test_implicit_exports_are_cached_by_content(monkeypatch):
     model = TinySeg()
     x = torch.randn(1, 3, 64, 64)
     calls = []
-    real = backends.export_model
-    monkeypatch.setattr(backends, "export_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = export_cache.export_model
+    monkeypatch.setattr(export_cache, "export_model", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = build_runner(model, runtime="onnxruntime")(x)
     again = build_runner(model, runtime="onnxruntime")(x)  # a new runner: the file comes from the cache
     assert len(calls) == 1 and torch.equal(first, again)
@@ -212,27 +197,6 @@ def test_implicit_exports_are_cached_by_content(monkeypatch):
         model.conv.bias.add_(1.0)  # other weights: another file
     build_runner(model, runtime="onnxruntime")(x)
     assert len(calls) == 2
-
-
-@pytest.mark.parametrize(
-    "flags, installed, path",
-    [
-        (("avx512_bf16", "amx_bf16"), {"openvino", "onnxruntime"}, ("openvino", "bf16")),
-        (("avx512_bf16", "amx_bf16"), {"onnxruntime"}, ("onnxruntime", "fp32")),
-        (("avx512_bf16", "avx512_vnni"), {"openvino", "onnxruntime"}, ("onnxruntime", "fp32")),
-        ((), set(), ("torch", "fp32")),
-    ],
-)
-def test_default_cpu_path_is_openvino_bf16_only_with_amx(monkeypatch, flags, installed, path):
-    """bf16 was measured 2.1x faster than fp32 on a CPU with AMX and slower than fp32 without it
-    (AVX512-BF16 alone): the default follows the CPU, and asking for a runtime keeps fp32."""
-    monkeypatch.setattr(backends, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(backends, "_installed", lambda module: module in installed)
-    assert backends.default_cpu_path() == path
-    runner = build_runner(TinySeg())
-    assert (runner.runtime, runner.precision) == path
-    if path[0] != "torch":
-        assert build_runner(TinySeg(), runtime=path[0]).precision == "fp32"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,7 +208,7 @@ def test_foreign_onnx_file_lists_the_missing_facts(tmp_path):
         Segmenter(path)
     # The facts passed by hand make it usable.
     (tmp_path / "meta.json").write_text(json.dumps({"name": "mine", "num_classes": 3}))
-    seg = Segmenter(path, meta=backends.read_meta_file(tmp_path / "meta.json"))
+    seg = Segmenter(path, meta=read_meta_file(tmp_path / "meta.json"))
     assert seg(np.zeros((64, 64, 3), np.uint8)).shape == (64, 64)
 
 
@@ -332,7 +296,7 @@ def test_openvino_leaves_the_threads_signal_stack_as_it_was(exported):
     """OpenVINO's CPU plugin installs an alternate signal stack it later frees; left in place, the
     next signal to a Python handler (SIGCHLD of a finished subprocess) killed the process with
     SIGSEGV. Compiling and running a model must leave the thread's own setting."""
-    from lightseg.engine import signal_stack
+    from lightseg.deploy import signal_stack
 
     before = signal_stack.current()
     if before is None:
@@ -361,7 +325,7 @@ def test_openvino_int8_runs_depthwise_convolutions_in_int8(tmp_path):
     CGRSeg-T). Folding is exact, and afterwards every convolution runs in int8."""
     import openvino as ov
 
-    from lightseg.engine.export import fold_constants, quantize_openvino_int8
+    from lightseg.deploy.export_openvino import fold_constants, quantize_openvino_int8
 
     torch.manual_seed(0)
     onnx_path = export_onnx(DepthwiseSeg().eval(), tmp_path / "dw.onnx", (64, 64))

@@ -182,7 +182,7 @@ PREFLIGHT_CASES = [
 
 @pytest.mark.parametrize(("tokens", "message"), PREFLIGHT_CASES, ids=[t[0] for t, _ in PREFLIGHT_CASES])
 def test_preflight_check_fires_before_any_step(small_folder, tmp_path, monkeypatch, tokens, message):
-    from lightseg.engine import train as train_mod
+    from lightseg.training import loop as train_mod
 
     def no_step(*a, **k):
         raise AssertionError("a training step ran")
@@ -198,7 +198,7 @@ def test_preflight_check_fires_before_any_step(small_folder, tmp_path, monkeypat
 
 
 def test_preflight_device_output_dir_and_yaml(small_folder, tmp_path, monkeypatch):
-    from lightseg.engine import train as train_mod
+    from lightseg.training import loop as train_mod
 
     monkeypatch.setattr(train_mod, "_train_step", lambda *a, **k: pytest.fail("a training step ran"))
     if not torch.cuda.is_available():
@@ -259,8 +259,8 @@ class TinySeg(torch.nn.Module):
 def test_multiscale_tta_equals_hand_rolled_average_from_the_original(tmp_path: Path) -> None:
     from lightseg.config import EvalConfig
     from lightseg.data.transforms import Normalize, build_eval_transform, rescale_size, resize_image
-    from lightseg.engine.evaluate import evaluate
-    from lightseg.engine.inference import forward_whole, predict_probs
+    from lightseg.evaluation import evaluate
+    from lightseg.inference import forward_whole, predict_probs
 
     torch.manual_seed(0)
     model = TinySeg().eval()
@@ -293,10 +293,10 @@ def test_multiscale_tta_equals_hand_rolled_average_from_the_original(tmp_path: P
     img = torch.randn(1, 3, 40, 56)
     hand = sum(
         torch.nn.functional.interpolate(
-            forward_whole(model, torch.nn.functional.interpolate(img, (round(40 * s), round(56 * s)), mode="bilinear")),
+            forward_whole(model, torch.nn.functional.interpolate(img, size, mode="bilinear")),
             (40, 56), mode="bilinear",
         ).softmax(1)
-        for s in (0.5, 1.25)
+        for size in ((20, 28), (50, 70))  # 40 x 56 at 0.5 and 1.25
     ) / 2  # fmt: skip
     assert torch.allclose(predict_probs(model, img, scales=(0.5, 1.25)), hand, atol=1e-6)
     with pytest.raises(InputError, match=r"a 1x1 image is too small for test-time scale 0.5"):
@@ -365,7 +365,7 @@ def test_recipe_free_run_trains_evaluates_and_shows_the_model(shared_data, tmp_p
     assert json.loads(capsys.readouterr().out)["per_class"].keys() == set(NAMES)
 
     # the same command again would get a new directory and leave this run untouched
-    from lightseg.engine.preflight import resolve_work_dir
+    from lightseg.training.preflight import resolve_work_dir
 
     again, note = resolve_work_dir(load_config(run / "config.yaml", ["--run.work_dir", ""]))
     assert again == Path("runs/cgrseg_t_street_2") and "runs/cgrseg_t_street holds another run" in note

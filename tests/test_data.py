@@ -315,7 +315,7 @@ def test_images_are_turned_by_their_exif_orientation_masks_are_not(tmp_path):
     from PIL import Image
 
     from lightseg.data.base import read_image, read_mask
-    from lightseg.engine.media import read_image as read_input
+    from lightseg.deploy.media import read_image as read_input
 
     pixels = np.zeros((2, 3, 3), np.uint8)
     pixels[0, 0] = (255, 0, 0)  # top-left red

@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lightseg.checkpoint import CheckpointError, load_weights
+from lightseg.meta import IMAGENET_MEAN, IMAGENET_STD
 from lightseg.models import create_model
 from lightseg.models.efficientnet_lite import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     LITE0_STAGES,
     efficientnet_lite0_imagenet_weights,
     tf_same_pad,

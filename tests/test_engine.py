@@ -14,11 +14,10 @@ from torch import nn
 
 import lightseg
 from lightseg.config import ConfigError, apply_overrides, config_from_dict
-from lightseg.engine import optim as optim_lib
-from lightseg.engine import runtime
-from lightseg.engine.evaluate import evaluate
-from lightseg.engine.runtime import load_train_checkpoint
-from lightseg.engine.train import TrainingDiverged, train
+from lightseg.evaluation import evaluate
+from lightseg.training import TrainingDiverged, checkpoints, train
+from lightseg.training import optim as optim_lib
+from lightseg.training.checkpoints import load_train_checkpoint
 
 
 class TinySeg(nn.Module):
@@ -227,15 +226,14 @@ def test_interrupted_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypa
     real_save = torch.save
 
     def dying_save(obj, f, *a, **k):
-        real_save(obj, f, *a, **k)
-        f.truncate(100)  # half-written file, then the process "dies"
+        f.write(b"PK\x03\x04" + bytes(100))  # a half-written archive, then the process "dies"
         raise Killed
 
-    monkeypatch.setattr(runtime.torch, "save", dying_save)
+    monkeypatch.setattr(checkpoints.torch, "save", dying_save)
     longer = {"train.iters": 6, "run.allow_changes": "[train.iters]"}
     with pytest.raises(Killed):
         train(tiny_cfg(tmp_path, **longer), model=_fresh_model(), train_set=SyntheticSet())
-    monkeypatch.setattr(runtime.torch, "save", real_save)
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
     assert (tmp_path / "last.pt").read_bytes() == good
     assert load_train_checkpoint(tmp_path / "last.pt")["iteration"] == 3
     assert not (tmp_path / "last.pt.tmp").exists()  # the half-written file is removed
@@ -258,7 +256,7 @@ TORCHRUN_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {tests!r})
 from test_engine import SyntheticSet, TinySeg, tiny_cfg
-from lightseg.engine.train import train
+from lightseg.training import train
 torch.manual_seed(0)
 cfg = tiny_cfg({work!r}, **{{"train.iters": 4, "train.batch_size": 4}})
 res = train(cfg, model=TinySeg(), train_set=SyntheticSet(), val_set=SyntheticSet(n=7))

@@ -6,15 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightseg.engine.backends import FileRunner, OrtSession
-from lightseg.engine.export import (
-    CalibrationImages,
-    export_onnx,
-    export_onnx_file,
-    export_pt2,
-    quantize_onnx_int8,
-)
-from lightseg.engine.postprocess import upsample_argmax
+from lightseg.deploy.calibration import CalibrationImages
+from lightseg.deploy.export import export_pt2
+from lightseg.deploy.export_onnx import export_onnx, export_onnx_file, quantize_onnx_int8
+from lightseg.deploy.runners import FileRunner
+from lightseg.deploy.runners.onnxruntime import OrtSession
+from lightseg.inference import upsample_argmax
 from lightseg.models import create_model
 
 pytest.importorskip("onnxruntime")
@@ -164,7 +161,7 @@ def test_fold_channel_scales_is_exact_and_leaves_shared_tensors_alone():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from lightseg.engine.export import fold_channel_scales
+    from lightseg.deploy.export_onnx import fold_channel_scales
 
     rng = np.random.default_rng(0)
     init = {
@@ -207,13 +204,13 @@ def test_fold_channel_scales_is_exact_and_leaves_shared_tensors_alone():
 
 
 def test_bench_runner_reuses_an_exported_graph(cgrseg_t, tmp_path):
-    from lightseg.engine.bench import make_runner
+    from lightseg.deploy.bench import make_runner
 
     x = torch.randn(1, 3, 64, 64)
-    first = make_runner(cgrseg_t, (64, 64), runtime="onnxruntime", onnx_path=tmp_path, threads=1)
+    first = make_runner(cgrseg_t, (64, 64), runtime="onnxruntime", cache_dir=tmp_path, threads=1)
     (path,) = tmp_path.glob("*.onnx")
     stamp = path.stat().st_mtime_ns
-    again = make_runner(cgrseg_t, (64, 64), runtime="onnxruntime", onnx_path=tmp_path, threads=1)
+    again = make_runner(cgrseg_t, (64, 64), runtime="onnxruntime", cache_dir=tmp_path, threads=1)
     assert path.stat().st_mtime_ns == stamp  # reused, not exported again
     with torch.no_grad():
         ref = cgrseg_t(x).numpy()

@@ -1,11 +1,21 @@
-"""Whole / sliding-window inference and multi-scale + flip TTA against hand-rolled versions."""
+"""Whole / sliding-window inference and multi-scale + flip TTA against hand-rolled versions; the
+multi-scale sizes and labels of predict against evaluation's and mmseg's."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import trained_like_norms
+from PIL import Image
 from torch import nn
 
-from lightseg.engine.inference import forward_whole, predict_probs, slide_windows
+from lightseg import Segmenter, create_model
+from lightseg.config import EvalConfig
+from lightseg.data import build_dataset
+from lightseg.data.transforms import MultiScaleResize, build_eval_transform
+from lightseg.evaluation import evaluate
+from lightseg.inference import forward_whole, predict_probs, scaled_sizes, slide_windows
+from lightseg.meta import ModelMeta
 
 
 class TinySeg(nn.Module):
@@ -58,8 +68,8 @@ def test_multiscale_flip_equals_hand_rolled_average():
     x = torch.randn(1, 3, 32, 48)
     out = predict_probs(model, x, (64, 96), scales=(0.5, 1.0, 1.5), flip=True)
     acc = torch.zeros(1, 3, 64, 96)
-    for s in (0.5, 1.0, 1.5):
-        xs = F.interpolate(x, size=(round(32 * s), round(48 * s)), mode="bilinear", align_corners=False)
+    for size in ((16, 24), (32, 48), (48, 72)):  # 32 x 48 at 0.5, 1.0, 1.5
+        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         for flip in (False, True):
             xi = xs.flip(-1) if flip else xs
             hp, wp = -(-xi.shape[-2] // 8) * 8, -(-xi.shape[-1] // 8) * 8
@@ -84,3 +94,99 @@ def test_slide_mode_averages_windows():
     torch.testing.assert_close(probs, (logits / count).softmax(1))
     # a window-wise pass differs from a whole-image pass (padding/context), so slide really ran
     assert not torch.allclose(probs, predict_probs(model, x))
+
+
+# ---- one multi-scale size rule: predict = evaluation = mmseg 0.x -------------------------------
+RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+
+
+def _mmseg_sizes(h, w, ratios, img_scale=None):
+    """(H, W) per ratio as mmseg 0.27 computes them, transcribed in its own (w, h) convention:
+    ``MultiScaleFlipAug`` makes the bound (``img_scale=None``: the image's own size) times the
+    ratio with ``int()``, ``Resize(keep_ratio=True)`` calls ``mmcv.rescale_size``."""
+    if img_scale is None:
+        bounds = [(int(w * r), int(h * r)) for r in ratios]
+    else:
+        bounds = [(int(img_scale[0] * r), int(img_scale[1] * r)) for r in ratios]
+    out = []
+    for bound in bounds:
+        factor = min(max(bound) / max(h, w), min(bound) / min(h, w))
+        new_w, new_h = int(w * float(factor) + 0.5), int(h * float(factor) + 0.5)
+        out.append((new_h, new_w))
+    return out
+
+
+def test_predict_resizes_each_scale_to_the_size_evaluation_uses():
+    rng = np.random.default_rng(0)
+    sizes = [(1677, 1822), (360, 480), (512, 683), (101, 150)]
+    sizes += [tuple(int(v) for v in s) for s in rng.integers(16, 2049, (300, 2))]
+    differs_from_round = 0
+    for h, w in sizes:
+        want = _mmseg_sizes(h, w, RATIOS)
+        assert scaled_sizes(h, w, RATIOS) == want, (h, w)  # predict, Segmenter, serve
+        assert MultiScaleResize((max(h, w), min(h, w)), RATIOS).sizes(h, w) == want, (h, w)  # eval
+        for bound in ((2048, 512), (480, 360)):
+            assert MultiScaleResize(bound, RATIOS).sizes(h, w) == _mmseg_sizes(h, w, RATIOS, bound)
+        differs_from_round += sum(s != (round(h * r), round(w * r)) for s, r in zip(want, RATIOS))
+    assert scaled_sizes(1677, 1822, [0.5]) == [(838, 910)]  # round(1822 / 2) would be 911
+    assert differs_from_round > 500  # the per-side round() rule differs often: the test can tell
+
+
+class PixelNet(nn.Module):
+    """Logits at every pixel from a 3x3 neighbourhood, no padding multiple: labels change with any
+    change in the pixels a scale sees, so equal labels mean equal inputs."""
+
+    size_divisor = 1
+    num_classes = 5
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.meta = ModelMeta("pixelnet", 5, size_divisor=1, output_stride=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(
+    "name,ratios,flip",
+    [
+        ("pixelnet", RATIOS, False),
+        ("cgrseg_t", [0.5, 1.25], True),
+        pytest.param("cgrseg_t", RATIOS, True, marks=pytest.mark.slow),
+    ],
+    ids=["pixelnet", "cgrseg_t", "cgrseg_t-all-ratios"],
+)
+def test_segmenter_gives_the_labels_evaluation_gives_at_the_same_scales(tmp_path, name, ratios, flip):
+    h, w = 101, 150  # round() and the mmcv rule disagree here at every ratio but 1.0
+    # colour blocks with texture: labels follow the blocks and change at their edges
+    yy, xx = np.mgrid[:h, :w]
+    blocks = ((yy // 25 + xx // 30) % 4)[..., None] * np.array([60, 20, -40])
+    noise = np.random.default_rng(1).integers(0, 256, (h, w, 3))
+    img = np.clip(90 + blocks + 0.3 * noise, 0, 255).astype(np.uint8)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(img).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / "masks" / "a.png")
+    model = PixelNet().eval() if name == "pixelnet" else trained_like_norms(create_model(name, 5))
+    # evaluation at the image's own size (test_scale = its long, short side) and the same scales
+    transform = build_eval_transform((w, h), ratios=ratios)
+    ds = build_dataset("folder", tmp_path, "all", classes=list("abcde"), transform=transform)
+    preds = []
+    cfg = EvalConfig(scales=ratios, flip=flip)
+    evaluate(model, ds, cfg, progress=False, on_prediction=lambda p, meta: preds.append(p.numpy()))
+    seg = Segmenter(model, runtime="torch", optimize="none", scales=ratios, flip=flip)
+    labels = seg(img)
+    assert len(np.unique(labels)) > 1
+    np.testing.assert_array_equal(labels, preds[0])
+    np.testing.assert_array_equal(seg.predict_probs(img).argmax(0), preds[0])
+
+
+def test_segmenter_resizes_non_8bit_pixels_as_floats():
+    img = torch.rand(3, 101, 150) * 255  # a float tensor: no 8-bit image to resize as eval does
+    model = PixelNet().eval()
+    seg = Segmenter(model, runtime="torch", optimize="none", scales=RATIOS)
+    x = (img[None] - seg.mean) / seg.std
+    expected = predict_probs(model, x, scales=RATIOS)[0].numpy()
+    np.testing.assert_allclose(seg.predict_probs(img), expected, atol=1e-5)

@@ -9,9 +9,9 @@ from PIL import Image
 
 from lightseg import Segmenter, save_weights
 from lightseg.cli import main
-from lightseg.engine.inference import forward_whole
-from lightseg.engine.media import collect_inputs
+from lightseg.deploy.media import collect_inputs
 from lightseg.errors import InputError
+from lightseg.inference import forward_whole
 from lightseg.models import create_model
 from lightseg.visualize import overlay
 

@@ -13,18 +13,19 @@ from PIL import Image
 from test_engine import DiesAfter, Killed, SyntheticSet, TinySeg, _fresh_model, tiny_cfg
 
 from lightseg.cli import main
-from lightseg.engine import runtime
-from lightseg.engine.optim import poly_warmup_factor
-from lightseg.engine.runtime import DistInfo, ResumableBatches, load_train_checkpoint
-from lightseg.engine.train import train
 from lightseg.errors import (
-    CheckpointError,
     ConfigError,
     DataError,
     DivergenceError,
     LightsegError,
     OutOfMemoryError,
+    StorageError,
 )
+from lightseg.training import checkpoints, train
+from lightseg.training.checkpoints import load_train_checkpoint
+from lightseg.training.distributed import DistInfo
+from lightseg.training.optim import poly_warmup_factor
+from lightseg.training.sampling import ResumableBatches
 
 # ----------------------------------------------------------------------------------------------
 # Resume: the same run or a clear refusal
@@ -148,9 +149,13 @@ def test_disk_full_during_a_checkpoint_names_the_path_and_leaves_no_tmp(tmp_path
         f.write(b"x" * 4096)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runtime.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
     over = {"train.iters": 6, "run.allow_changes": "[train.iters]"}
-    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'last.pt'}: the disk is full"):
+    with pytest.raises(
+        StorageError,
+        match=rf"^cannot write checkpoint {tmp_path / 'last.pt'}: the disk is full; the previous last.pt is intact\. "
+        rf"Free some space, then run the same command again to resume from {tmp_path / 'last.pt'} at iteration 3\.$",
+    ):
         train(tiny_cfg(tmp_path, **over), model=_fresh_model(), train_set=SyntheticSet())
     assert not list(tmp_path.glob("*.tmp"))
     assert (tmp_path / "last.pt").read_bytes() == good
@@ -351,14 +356,14 @@ def test_cli_reports_user_errors_only(tmp_path, monkeypatch, capsys):
     def bug(cfg):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr("lightseg.engine.train.train", bug)
+    monkeypatch.setattr("lightseg.training.train", bug)
     with pytest.raises(ValueError, match="an internal bug"):  # not disguised as a user error
         main(["train", str(recipe)])
 
     def user_error(cfg):
         raise DataError("x.png: cannot decode image")
 
-    monkeypatch.setattr("lightseg.engine.train.train", user_error)
+    monkeypatch.setattr("lightseg.training.train", user_error)
     assert main(["train", str(recipe)]) == 2
     assert capsys.readouterr().err.strip() == "lightseg train: error: x.png: cannot decode image"
 
@@ -410,7 +415,7 @@ def test_cli_drops_the_worker_traceback_of_an_evaluation_data_error(tmp_path, mo
     def run_eval(*args, **kwargs):
         next(iter(loader))  # re-raised from the worker with its traceback in the message
 
-    monkeypatch.setattr("lightseg.engine.evaluate.run_eval", run_eval)
+    monkeypatch.setattr("lightseg.cli.evaluate.evaluate_weights", run_eval)
     assert main(["eval", str(recipe), "--weights", "w.pt"]) == 2
     assert capsys.readouterr().err == "lightseg eval: error: v.png: cannot decode image\n"
 

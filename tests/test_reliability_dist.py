@@ -18,8 +18,8 @@ import pytest
 import torch
 from test_engine import SyntheticSet, TinySeg, tiny_cfg
 
-from lightseg.engine.evaluate import evaluate
-from lightseg.engine.runtime import load_train_checkpoint
+from lightseg.evaluation import evaluate
+from lightseg.training.checkpoints import load_train_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ SCRIPT = """
 import json, os, signal, sys, torch
 sys.path.insert(0, {tests!r})
 from test_engine import SyntheticSet, TinySeg, tiny_cfg
-from lightseg.engine.train import train
+from lightseg.training import train
 
 class KilledOnce(SyntheticSet):
     # the process of rank 1 SIGKILLs itself when it reads its {kill_after}+1-th sample, in the first attempt only

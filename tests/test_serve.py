@@ -24,6 +24,8 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+import helpers  # noqa: E402
+
 from lightseg import (  # noqa: E402
     Segmenter,
     load_checkpoint,
@@ -48,22 +50,9 @@ LIMITS = Limits(max_bytes=600_000, max_pixels=400_000)  # a CamVid image (480 x 
 
 @contextlib.contextmanager
 def serving(app):
-    """Run ``app`` on uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    """``app`` served on a free loopback port; yields the base URL."""
+    with helpers.serving(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +71,8 @@ def reference(checkpoint):
 
 @pytest.fixture(scope="module")
 def url(checkpoint):
-    with serving(create_app(load_backend(checkpoint), LIMITS, max_batch=4)) as base:
+    """The checkpoint served on eager torch (the reference's path; the default is measured, below)."""
+    with serving(create_app(load_backend(checkpoint, runtime="torch"), LIMITS, max_batch=4)) as base:
         yield base
 
 
@@ -122,6 +112,7 @@ def test_health_and_model_metadata(client):
     assert meta["name"] == "cgrseg_t"
     assert meta["classes"] == CAMVID_CLASSES and meta["palette"] == CAMVID_PALETTE
     assert (meta["num_classes"], meta["runtime"], meta["precision"]) == (11, "torch", "fp32")
+    assert (meta["why"], meta["workers"]) == ("asked for", 1)  # eager torch: one call at a time
     assert meta["input_size"] is None and meta["size_divisor"] == 32
     assert meta["limits"] == {"max_upload_bytes": 600_000, "max_pixels": 400_000}
 
@@ -172,6 +163,57 @@ def test_concurrent_mixed_sizes_each_get_their_own_labels(url, reference):
         # A batch may round differently from a single image (a near-tie may flip); another image's
         # labels would differ almost everywhere.
         assert np.mean(np.asarray(Image.open(io.BytesIO(r.content))) != reference(im)) < 1e-3
+
+
+def test_batcher_workers_run_batches_side_by_side():
+    """With two workers, two batches are in the backend at once (one worker would deadlock the
+    barrier and time out)."""
+    both = threading.Barrier(2, timeout=10)
+
+    class Pair:
+        workers = 2
+
+        def segment(self, images):
+            both.wait()
+            return [np.zeros(im.shape[:2], np.int64) for im in images]
+
+    async def run():
+        batcher = Batcher(Pair(), max_batch=1)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.segment(np.zeros((4, 4, 3), np.uint8)) for _ in range(4)))
+        batcher.close()
+        return results, batcher
+
+    results, batcher = asyncio.run(run())
+    assert batcher.workers == 2 and len(results) == 4 and not both.broken
+
+
+def test_serve_runs_the_measured_default_path_and_reports_it(tmp_path, monkeypatch):
+    """Without --runtime the server runs the path predict would (measured on the first request,
+    timings stubbed here), reports it and why in /v1/model, with one worker per stream."""
+    from lightseg.deploy import autoselect
+    from lightseg.deploy.cpu import serve_streams
+
+    monkeypatch.setenv("LIGHTSEG_CACHE", str(tmp_path))
+    monkeypatch.delenv(autoselect.ENV, raising=False)
+    ms = {"onnxruntime fp32": 9.0, "openvino fp32": 5.0, "openvino bf16": 7.0, "torch fp32": 30.0}
+    monkeypatch.setattr(autoselect, "_wall_clock", lambda c, call: ms.get(c.label, 50.0) / 1e3)
+    torch.manual_seed(0)
+    model = helpers.TinySeg(num_classes=3)
+    backend = load_backend(model)
+    assert backend.workers == serve_streams() and backend.info.runtime is None
+    image = np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    with serving(create_app(backend, LIMITS)) as base, httpx.Client(base_url=base, timeout=120) as client:
+        before = client.get("/v1/model").json()
+        assert before["runtime"] is None and "first input" in before["why"]
+        r = client.post("/v1/segment", content=encode(image))
+        assert r.status_code == 200, r.text
+        after = client.get("/v1/model").json()
+    want = min((c for c in autoselect.candidates()), key=lambda c: ms.get(c.label, 50.0))
+    assert (after["runtime"], after["precision"]) == (want.runtime, want.precision)
+    assert f"{ms[want.label]:.1f} ms" in after["why"] and after["workers"] == backend.workers
+    reference = Segmenter(model, runtime=want.runtime, precision=want.precision)(image)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), reference)
 
 
 def test_batcher_groups_waiting_same_size_requests_in_order():
@@ -278,10 +320,12 @@ def test_bad_input_battery_each_a_4xx_json_error_and_server_stays_healthy(client
 # The command line
 # --------------------------------------------------------------------------------------------------
 def test_cli_serves_on_loopback(checkpoint):
+    """Bound to loopback by default, answering to loopback names, with the token from the environment."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    token = "cli-test-token-0123"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "LIGHTSEG_SERVE_TOKEN": token}
     cmd = [
         sys.executable,
         "-m",
@@ -302,12 +346,26 @@ def test_cli_serves_on_loopback(checkpoint):
                     break
             assert time.monotonic() < deadline, "lightseg serve did not come up"
             time.sleep(0.2)
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/model").json()["classes"] == CAMVID_CLASSES
+        model = f"http://127.0.0.1:{port}/v1/model"
+        assert (
+            httpx.get(model, headers={"authorization": f"Bearer {token}"}).json()["classes"] == CAMVID_CLASSES
+        )
+        assert httpx.get(model).status_code == 401
+        evil = httpx.get(model, headers={"authorization": f"Bearer {token}", "host": "evil.example"})
+        assert evil.status_code == 400 and evil.json()["error"] == "bad_host"
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}" in out  # bound to loopback by default
-    assert "cgrseg_t (11 classes, torch, fp32)" in out
+    from lightseg.deploy.cpu import serve_streams
+
+    workers = f"{serve_streams()} inference worker"
+    assert (
+        f"cgrseg_t (11 classes; the fastest path, measured on the first request of each image size; {workers}"
+        in out
+    )
+    assert "this machine only, a bearer token; answers to Host 127.0.0.1, localhost, ::1" in out
+    assert "Traceback" not in out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,10 +432,10 @@ def test_an_exported_openvino_file_is_served_with_its_own_facts(checkpoint, tmp_
     """The file `lightseg export` wrote is served as it is: its runtime, its fixed input size, its
     classes and palette; labels equal the Segmenter's on the same file."""
     pytest.importorskip("openvino")
-    from lightseg.engine.export import export_model
+    from lightseg.deploy.export import export_model
 
     xml = export_model(load_checkpoint(checkpoint).eval(), tmp_path / "m.xml", (64, 96), "openvino")
-    backend = load_backend(xml)  # the CLI's default runtime (torch) gives way to the file's own
+    backend = load_backend(xml)
     info = backend.info
     assert (info.runtime, info.precision, info.input_size) == ("openvino", "fp32", (64, 96))
     assert list(info.classes) == CAMVID_CLASSES and [list(c) for c in info.palette] == CAMVID_PALETTE

@@ -157,3 +157,34 @@ def test_imagenet_layout_does_not_fire_on_mmseg_files():
     mmseg["state_dict"]["decode_head.conv_seg.weight"] = torch.zeros(19, 128, 1, 1)
     assert detect_imagenet({"state_dict": state}) and detect_imagenet(state)
     assert not detect_imagenet(mmseg) and not detect_imagenet(mmseg["state_dict"])
+
+
+def test_pretrained_norm_feeds_the_stem_what_the_imagenet_weights_were_trained_on():
+    """The official VAN weights were trained on (rgb - 127.5) / 127.5 (timm 0.4.12's Inception
+    mean/std); pretrained_norm=True gives the stem exactly that from ImageNet-normalised input."""
+    torch.manual_seed(0)
+    own = create_model("van_b0", pretrained_norm=True).eval()
+    plain = create_model("van_b0").eval()
+    assert set(own.state_dict()) == set(plain.state_dict())  # a fixed map: nothing to load or save
+    plain.load_state_dict(own.state_dict())
+    rgb = torch.rand(1, 3, 64, 96) * 255
+    imagenet = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    imagenet_std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    x = (rgb - imagenet) / imagenet_std  # what lightseg's pipeline feeds
+    with torch.no_grad():
+        got, want = own(x), plain((rgb - 127.5) / 127.5)
+        as_is = plain(x)  # the default: ImageNet statistics, as VAN-Segmentation and mmseg
+    for g, w, a in zip(got, want, as_is):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(g, a, atol=1e-2)
+
+
+def test_pretrained_norm_travels_with_the_segmentor(tmp_path):
+    from lightseg.checkpoint import save_weights
+    from lightseg.models import load_checkpoint
+
+    model = create_model("frm_van_b0", 5, pretrained_norm=True)
+    assert model.backbone.renorm is not None and create_model("frm_van_b0", 5).backbone.renorm is None
+    assert create_model("cgrseg_van_b0", 5, pretrained_norm=True).backbone.renorm is not None
+    save_weights(model, tmp_path / "m.safetensors")
+    assert load_checkpoint(tmp_path / "m.safetensors").backbone.renorm is not None

@@ -32,9 +32,30 @@ def test_entry_is_well_formed(entry):
     assert all(re.fullmatch(r"https://[\w.-]+/\S+", u) for u in entry.urls), entry.urls
     assert entry.package is None or entry.package_file
     assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+    if entry.sha256 is not None:  # one checksum: the URLs must be copies of one file
+        assert len({u.rsplit("/", 1)[-1] for u in entry.urls}) <= 1
     assert len(entry.mean) == len(entry.std) == 3 and all(0 < s <= 255 for s in entry.std)
     assert all(0 <= m <= 255 for m in entry.mean)
     assert entry.imagenet_top1 is None or 50 < entry.imagenet_top1 < 100
+
+
+# The normalisation each publisher trained with, as its source states it (written out here, not
+# read from lightseg): timm's IMAGENET_DEFAULT_MEAN/STD (EfficientFormerV2: timm's _cfg and the
+# official util/datasets.py); timm 0.4.12's IMAGENET_INCEPTION_MEAN/STD, 0.5, which VAN-Classification's
+# vision_transformer._cfg() gives every VAN (mmpretrain's VAN configs: 127.5); TF Lite's 127/128.
+_SOURCE_NORM = {
+    "efficientformerv2_": ([0.485 * 255, 0.456 * 255, 0.406 * 255], [0.229 * 255, 0.224 * 255, 0.225 * 255]),
+    "van_": ([0.5 * 255] * 3, [0.5 * 255] * 3),
+    "efficientnet_lite0": ([127.0] * 3, [128.0] * 3),
+}
+
+
+@pytest.mark.parametrize("entry", W.WEIGHTS, ids=lambda w: w.name)
+def test_entry_normalisation_is_its_sources(entry):
+    (mean, std), *others = [v for prefix, v in _SOURCE_NORM.items() if entry.model.startswith(prefix)]
+    assert not others
+    assert entry.mean == pytest.approx(mean) and entry.std == pytest.approx(std)
+    assert entry.norm_source
 
 
 def test_every_model_has_published_weights_with_unique_tags():
@@ -140,6 +161,41 @@ def test_unreachable_url_names_itself_and_the_offline_route(tmp_path):
     entry = dataclasses.replace(W.find_weights("van_b0"), urls=(url, "http://127.0.0.1:9/van.pth"))
     with pytest.raises(WeightsNotFoundError, match=r"(?s)van_b0.in1k: no mirror.*missing.*127\.0\.0\.1:9"):
         entry.fetch()
+
+
+def test_copies_are_tried_in_order(tmp_path):
+    missing = tmp_path / "first" / "model.safetensors"
+    second = _file(tmp_path / "second" / "model.safetensors", b"second")
+    third = _file(tmp_path / "third" / "pytorch_model.bin", b"third")
+    entry = dataclasses.replace(
+        W.find_weights("van_b0"), urls=(missing.as_uri(), second.as_uri(), third.as_uri())
+    )
+    assert entry.fetch().read_bytes() == b"second"  # the first that downloads, not the last
+    _file(missing, b"first")
+    assert entry.fetch().read_bytes() == b"first"  # once the first copy exists, it wins
+
+
+def test_efficientformerv2_s2_falls_back_to_the_pickled_copy_on_main(tmp_path, monkeypatch):
+    """timm's s2 repo had model.safetensors only on an unmerged PR and pytorch_model.bin on main:
+    with both safetensors URLs failing, pretrained=True loads the .bin (same tensors, pickled)."""
+    from timm_reference import load_fixture
+
+    shapes = {k: tuple(s) for k, s in load_fixture()["variants"]["s2"]["keys"]}
+    state = randomized_state(shapes)
+    real = W.find_weights("efficientformerv2_s2")
+    assert [u.rsplit("/", 2)[-2:] for u in real.urls] == [
+        ["main", "model.safetensors"],
+        ["refs%2Fpr%2F1", "model.safetensors"],
+        ["main", "pytorch_model.bin"],
+    ]
+    hub = tmp_path / "hub"
+    copies = [hub / u.split("/resolve/")[1].replace("%2F", "_") for u in real.urls]
+    torch.save(state, _file(copies[2], b"").as_posix())
+    entry = dataclasses.replace(real, urls=tuple(c.as_uri() for c in copies))
+    monkeypatch.setattr(W, "WEIGHTS", (*(w for w in W.WEIGHTS if w.model != entry.model), entry))
+    model = create_model("cgrseg_b", 5, pretrained=True)
+    assert torch.equal(model.state_dict()["backbone.patch_embed.0.weight"], state["stem.conv1.conv.weight"])
+    assert model.meta.weights == "efficientformerv2_s2.snap_dist_in1k"
 
 
 def test_a_web_page_instead_of_the_file_is_refused(tmp_path):

@@ -92,7 +92,7 @@ class _Labelled(torch.utils.data.Dataset):
 
 
 def test_training_checkpoint_carries_the_dataset_labels(tmp_path):
-    from lightseg.engine.train import train
+    from lightseg.training import train
 
     cfg = config_from_dict(
         {

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from lightseg.cli import bench, data, export, models, predict, serve, train
+from lightseg.cli import bench, data, evaluate, export, models, predict, serve, train
 from lightseg.errors import LightsegError
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -34,8 +34,8 @@ _VERBS: dict[str, tuple[str, AddArgs, Run, bool]] = {
     ),
     "eval": (
         "evaluate weights on a dataset split (mIoU, mAcc, aAcc)",
-        train.add_eval_args,
-        train.run_eval,
+        evaluate.add_eval_args,
+        evaluate.run_eval,
         True,
     ),
     "data": (

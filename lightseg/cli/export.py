@@ -9,13 +9,13 @@ from lightseg.cli.options import add_calibration_args, add_model_source_args
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
+    from lightseg.deploy.formats import FORMATS, PRECISIONS
+
     add_model_source_args(p)
-    p.add_argument("--format", choices=["onnx", "openvino", "pt2"], default="onnx")
+    p.add_argument("--format", choices=list(FORMATS), default="onnx")
+    holds = "; ".join(f"{f.name}: {', '.join(f.precisions)}" for f in FORMATS.values())
     p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "int8"],
-        default="fp32",
-        help="onnx: fp32, int8; openvino: fp32, bf16, int8; pt2: fp32. int8 needs --calibration",
+        "--precision", choices=PRECISIONS, default="fp32", help=f"{holds}. int8 needs --calibration"
     )
     add_calibration_args(p)
     p.add_argument(
@@ -50,21 +50,21 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace, rest: list[str]) -> int:
     import torch
 
-    from lightseg.engine.backends import calibration_for, load_model
-    from lightseg.engine.export import FORMAT_SUFFIX, check_export, check_precision, export_model
-    from lightseg.errors import ConfigError, InputError
+    from lightseg.deploy.calibration import calibration_for, check_calibration
+    from lightseg.deploy.export import export_model
+    from lightseg.deploy.formats import FORMATS, check_format
+    from lightseg.deploy.metadata import is_openvino_ir
+    from lightseg.deploy.verify import check_export
+    from lightseg.errors import ConfigError
     from lightseg.meta import model_meta
+    from lightseg.models.build import load_model
 
     if args.output_argmax and args.output_full:
         raise ConfigError("choose one of --output-argmax and --output-full")
     if args.meta:
         raise ConfigError("--meta describes files exported by other tools; export reads the checkpoint's")
-    check_precision(args.format, args.precision)  # before loading anything
-    if args.precision == "int8" and not args.calibration:
-        raise InputError(
-            "--precision int8 needs --calibration IMAGES: a folder (or files, globs) of real images "
-            "of the domain the model will see, e.g. its training images"
-        )
+    check_format(args.format, args.precision)  # before loading anything
+    check_calibration(args.precision, args.calibration, "--precision int8")
     if args.weights is None and not Path(args.model).is_file():
         raise ConfigError(
             f"{args.model}: export needs trained weights: give a checkpoint file, or the model name "
@@ -81,9 +81,10 @@ def run_export(args: argparse.Namespace, rest: list[str]) -> int:
     output = "argmax" if args.output_argmax else "logits-full" if args.output_full else "logits"
     kw = dict(batch=args.batch, dynamic_batch=args.dynamic_batch, output=output)
     kw["optimize"] = "none" if args.no_fold else "fold-bn"
-    out = args.output or f"{meta.name}_{h}x{w}_{args.precision}{FORMAT_SUFFIX[args.format]}"
+    out = args.output or f"{meta.name}_{h}x{w}_{args.precision}{FORMATS[args.format].suffix}"
     path = export_model(model, out, args.size, args.format, precision=args.precision, calibration=calib, **kw)
-    size_mb = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.is_file()) / 2**20
+    files = [path, path.with_suffix(".bin")] if is_openvino_ir(path) else [path]  # an IR is two files
+    size_mb = sum(f.stat().st_size for f in files) / 2**20
     batch = "N" if args.dynamic_batch else args.batch
     print(
         f"wrote {path} ({size_mb:.1f} MiB, {args.format} {args.precision}, input {batch}x3x{h}x{w}, "

@@ -46,14 +46,19 @@ def render_weights(names: list[str], fmt: str = "text") -> str:
     users: dict[str, list[str]] = {}
     for name in names:
         users.setdefault(get_entry(name).weights_name, []).append(name)
-    header = ["weights", "default", "top-1", "licence", "layout", "sha256", "from"]
+    header = ["weights", "default", "top-1", "mean / std", "licence", "layout", "sha256", "from"]
     rows = []
     for backbone in sorted(users):
         for i, w in enumerate(list_weights(backbone)):
             where = w.urls[0] if w.urls else f"pip package {w.package}"
-            top1 = "-" if w.imagenet_top1 is None else f"{w.imagenet_top1:.1f}"
+            if len(w.urls) > 1:
+                where += f" (+{len(w.urls) - 1} more, tried in order)"
+            top1 = "-" if w.imagenet_top1 is None else str(w.imagenet_top1)
             sha = "-" if w.sha256 is None else w.sha256[:12]
-            rows.append([w.name, "*" if i == 0 else "", top1, w.license.split(" (")[0], w.layout, sha, where])
+            license = w.license.split(" (")[0]
+            rows.append(
+                [w.name, "*" if i == 0 else "", top1, _norm(w.mean, w.std), license, w.layout, sha, where]
+            )
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -63,6 +68,15 @@ def render_weights(names: list[str], fmt: str = "text") -> str:
         f"  {b}: {', '.join(n for n in users[b] if n != b) or '(the backbone itself)'}" for b in sorted(users)
     )
     return "\n".join([fmt_row.format(*header), *(fmt_row.format(*r) for r in rows), "", "used by:", used])
+
+
+def _norm(mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+    """``imagenet`` for the ImageNet statistics, else the values (one when all channels agree)."""
+    from lightseg.meta import IMAGENET_MEAN, IMAGENET_STD
+
+    if (tuple(mean), tuple(std)) == (IMAGENET_MEAN, IMAGENET_STD):
+        return "imagenet"
+    return " / ".join(f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v) for v in (mean, std))
 
 
 def add_size_args(p: argparse.ArgumentParser) -> None:

@@ -36,25 +36,47 @@ def add_model_source_args(p: argparse.ArgumentParser, positional: bool = True) -
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    from lightseg.engine.backends import OPTIMIZE, RUNTIMES
+    from lightseg.deploy.formats import OPTIMIZE
 
-    p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default=None,
-        help="default: an exported file's own runtime, else openvino bf16 on a CPU with AMX, else "
-        "onnxruntime fp32 when installed (else torch)",
+    add_runtime_arg(
+        p,
+        "default: an exported file's own runtime, else $LIGHTSEG_RUNTIME (RUNTIME[:PRECISION]), else "
+        "the path measured fastest on this machine on the first input of each size (once, cached; "
+        "`lightseg bench --auto MODEL` shows the table)",
     )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "int8"],
-        default=None,
-        help="bf16: torch, openvino; int8: onnxruntime, openvino (needs --calibration). "
-        "Default: the file's, else fp32",
+    add_precision_arg(
+        p,
+        "Default: the file's; with --runtime, fp32; else the measured path's (given alone, the fastest of its paths)",
     )
     p.add_argument("--optimize", choices=OPTIMIZE, default="fold-bn", help="torch: BN folding / compile")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's default)")
     add_calibration_args(p)
+
+
+def add_runtime_arg(p: argparse.ArgumentParser, default_help: str, **kw: Any) -> None:
+    """``--runtime``, its choices from the runtime table (``kw``: e.g. ``nargs``, ``default``)."""
+    from lightseg.deploy.formats import RUNTIMES
+
+    p.add_argument(
+        "--runtime", choices=list(RUNTIMES), default=kw.pop("default", None), help=default_help, **kw
+    )
+
+
+def add_precision_arg(p: argparse.ArgumentParser, default_help: str) -> None:
+    """``--precision``: its choices and which runtime runs each, from the runtime table."""
+    from lightseg.deploy.formats import PRECISIONS, RUNTIMES
+
+    where = [
+        f"{x}: {', '.join(r.name for r in RUNTIMES.values() if x in r.precisions)}"
+        for x in PRECISIONS
+        if x != "fp32"
+    ]
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="; ".join(where) + " (int8 needs --calibration unless the file is int8). " + default_help,
+    )
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +95,7 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
 def model_source(args: argparse.Namespace, inputs: list[str] | None = None) -> tuple[Any, list[str]]:
     """(what to load, remaining inputs). ``lightseg predict --weights CKPT img.png`` omits the model
     name: then the first positional is an input and the checkpoint is the source."""
-    from lightseg.engine.media import input_kind
+    from lightseg.deploy.media import input_kind
 
     rest = list(inputs or [])
     first = Path(args.model)
@@ -83,18 +105,22 @@ def model_source(args: argparse.Namespace, inputs: list[str] | None = None) -> t
     return args.model, rest
 
 
-def runner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keywords for :func:`lightseg.engine.backends.build_runner` / ``Segmenter`` from the options."""
-    from lightseg.engine.backends import read_meta_file
+def runner_options(args: argparse.Namespace) -> Any:
+    """The :class:`~lightseg.deploy.options.RunnerOptions` the command line asks for."""
+    from lightseg.deploy.options import RunnerOptions
 
-    return dict(
+    return RunnerOptions(
         runtime=args.runtime,
         precision=args.precision,
-        weights=args.weights,
-        num_classes=args.num_classes,
         optimize=args.optimize,
         threads=args.threads,
-        meta=read_meta_file(args.meta) if args.meta else None,
         calibration=args.calibration,
         calibration_count=args.calibration_count,
     )
+
+
+def model_facts(args: argparse.Namespace) -> Any:
+    """``--meta``: the facts of a file exported by another tool (``None`` when not given)."""
+    from lightseg.deploy.metadata import read_meta_file
+
+    return read_meta_file(args.meta) if args.meta else None

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightseg.cli.options import add_model_source_args, add_runtime_args, model_source, runner_kwargs
+from lightseg.cli.options import (
+    add_model_source_args,
+    add_runtime_args,
+    model_facts,
+    model_source,
+    runner_options,
+)
+from lightseg.errors import ConfigError, InputError
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -37,29 +44,23 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def dataset_meta(name: str) -> tuple[list[str], list[list[int]]]:
-    """(classes, palette) of a dataset module ``lightseg.data.<name>``."""
-    import importlib
+    """(classes, palette) of a registered dataset (``lightseg.data.DATASETS``)."""
+    from lightseg.data import dataset_class
 
-    from lightseg.errors import ConfigError
-
-    try:
-        mod = importlib.import_module(f"lightseg.data.{name.lower()}")
-    except ImportError as e:
+    cls = dataset_class(name, where="--dataset")
+    if not hasattr(cls, "CLASSES"):
         raise ConfigError(
-            f"--dataset {name}: unknown dataset (no module lightseg.data.{name.lower()})"
-        ) from e
-    for obj in vars(mod).values():
-        if isinstance(obj, type) and hasattr(obj, "CLASSES") and hasattr(obj, "PALETTE"):
-            return list(obj.CLASSES), [list(c) for c in obj.PALETTE]
-    raise ConfigError(f"lightseg.data.{name.lower()} defines no dataset class with CLASSES and PALETTE")
+            f"--dataset {name}: its classes come from your folder's class file, not from lightseg; a "
+            "checkpoint trained on it records them (leave --dataset out)"
+        )
+    return list(cls.CLASSES), [list(c) for c in cls.PALETTE]
 
 
 def run_predict(args: argparse.Namespace, rest: list[str]) -> int:
     import torch
 
-    from lightseg.engine.predict import check_out_dir, predict_paths
-    from lightseg.engine.segmenter import Segmenter
-    from lightseg.errors import InputError
+    from lightseg.deploy.predict import check_out_dir, predict_paths
+    from lightseg.deploy.segmenter import Segmenter
 
     check_out_dir(args.out)  # before minutes of loading and exporting
     if args.threads:
@@ -73,7 +74,10 @@ def run_predict(args: argparse.Namespace, rest: list[str]) -> int:
         args.num_classes = args.num_classes or len(classes)
     seg = Segmenter(
         source,
-        **runner_kwargs(args),
+        runner_options(args),
+        weights=args.weights,
+        num_classes=args.num_classes,
+        meta=model_facts(args),
         mode=args.mode,
         crop_size=args.crop_size,
         stride=args.stride,

@@ -1,15 +1,13 @@
-"""`lightseg train` and `lightseg eval`.
+"""`lightseg train`.
 
 ``lightseg train RECIPE.yaml [--section.field VALUE ...]`` runs a recipe (a pinned, published
 setting). ``lightseg train --model NAME --data.root DIR [...]`` needs none: the defaults come from
-the model (:func:`recipe_free_config`) and the data (class count and names). ``lightseg eval``
-takes the model, and without a recipe the whole configuration, from the checkpoint.
+the model (:func:`recipe_free_config`) and the data (class count and names).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from lightseg.errors import ConfigError
@@ -34,7 +32,7 @@ def split_recipe(tokens: list[str]) -> tuple[str | None, list[str]]:
     return recipe, rest
 
 
-def _with_fields(
+def with_fields(
     p: argparse.ArgumentParser, sections: list[str], usage: str, recipe_free: dict[str, str] | None = None
 ) -> None:
     from lightseg.config import fields_help
@@ -44,7 +42,8 @@ def _with_fields(
     p.epilog = fields_help(sections, recipe_free)
 
 
-# The papers' AdamW learning rates with ImageNet-initialised backbones (head x10), per family.
+# The papers' AdamW learning rates with ImageNet-initialised backbones (head x10), per model family
+# (the registry's: a head on another backbone keeps its family's rate).
 PAPER_LR = {"frm": 6.0e-5, "cgrseg": 1.2e-4}
 
 # What `lightseg train --model NAME --data.root DIR` uses where a field is not given (--help shows it
@@ -96,7 +95,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     presets = "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items()) for name, values in PRESETS.items()
     )
-    _with_fields(
+    with_fields(
         p,
         TRAIN_SECTIONS,
         "lightseg train [RECIPE.yaml] [--model NAME] [--resume CKPT] [--section.field VALUE ...]\n"
@@ -138,7 +137,12 @@ def recipe_free_config(tokens: list[str]) -> Any:
         raise ConfigError("training without a recipe needs --data.root DIR (your images and masks)")
     cfg = apply_overrides(Config(), tokens)
     name = cfg.model.name
-    if not {"model.pretrained", "model.weights"} & given and list_weights(get_entry(name).weights_name):
+    entry = get_entry(name)
+    if entry.kind != "segmentor":
+        raise ConfigError(
+            f"--model {name} is a backbone; train a segmentor built on it (see `lightseg models`)"
+        )
+    if not {"model.pretrained", "model.weights"} & given and list_weights(entry.weights_name):
         cfg.model.pretrained = True  # published ImageNet weights: the largest accuracy lever there is
     imagenet = bool(cfg.model.weights or cfg.model.pretrained)
     iters = cfg.train.iters if "train.iters" in given else 20_000
@@ -146,7 +150,7 @@ def recipe_free_config(tokens: list[str]) -> Any:
         "data.dataset": "folder",
         "train.iters": iters,
         "train.batch_size": 8,
-        "optim.lr": PAPER_LR["frm" if name.startswith("frm") else "cgrseg"] if imagenet else 2.0e-3,
+        "optim.lr": PAPER_LR[entry.family] if imagenet else 2.0e-3,
         "optim.head_lr_mult": 10.0 if imagenet else 1.0,
         "schedule.warmup_iters": min(1500, iters // 10),
         "eval.interval": max(iters // 4, 1),
@@ -162,7 +166,7 @@ def recipe_free_config(tokens: list[str]) -> Any:
 
 def run_train(args: argparse.Namespace, rest: list[str]) -> int:
     from lightseg.config import given_fields, load_config
-    from lightseg.engine.train import train
+    from lightseg.training import train
 
     recipe, overrides = split_recipe(rest)
     if args.model_name:
@@ -183,74 +187,4 @@ def run_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.resume:
         cfg.run.resume = args.resume
     train(cfg)
-    return 0
-
-
-def add_eval_args(p: argparse.ArgumentParser) -> None:
-    _with_fields(
-        p,
-        ["data", "eval", "run"],
-        "lightseg eval [RECIPE.yaml] --weights W [--split S] [--data.field VALUE ...]\n"
-        "       without a recipe the model (and for a training checkpoint the data) come from W",
-    )
-    p.add_argument(
-        "--weights",
-        required=True,
-        help="checkpoint (training .pt, lightseg safetensors, ...) or exported .onnx / .xml file",
-    )
-    p.add_argument(
-        "--runtime",
-        choices=["torch", "onnxruntime", "openvino"],
-        default=None,
-        help="default: torch for checkpoints, an exported file's own runtime",
-    )
-    p.add_argument(
-        "--precision", choices=["fp32", "bf16", "int8"], default=None, help="default: fp32 / the file's"
-    )
-    p.add_argument(
-        "--meta", default=None, metavar="JSON", help="model facts for a file exported by another tool"
-    )
-    p.add_argument("--split", default=None, help="dataset split (default: the recipe's data.val_split)")
-    p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument(
-        "--cityscapes-out", default=None, help="also write test-server labelId PNGs to this folder"
-    )
-
-
-def config_from_weights(weights: str, tokens: list[str]) -> Any:
-    """The configuration a checkpoint implies: a training checkpoint's own, else its model and
-    ``--data.*`` from the command line (your own folder by default)."""
-    from lightseg.checkpoint import TRAIN_FORMAT, read_checkpoint, resolve_path
-    from lightseg.config import Config, apply_overrides, config_from_dict, given_fields
-    from lightseg.engine.backends import is_exported
-
-    if is_exported(weights) or Path(weights).suffix == ".safetensors":
-        # Weights without a training configuration: the model from the file, the data from you.
-        cfg = Config()
-        if not is_exported(weights):
-            fields, _ = read_checkpoint(weights)
-            cfg.model.name, cfg.model.kwargs = fields["name"], dict(fields.get("options", {}))
-        cfg.data.dataset = "folder"
-        if "data.root" not in given_fields(tokens):
-            raise ConfigError(f"{weights} records no dataset; add --data.root DIR (and --data.dataset NAME)")
-        return apply_overrides(cfg, tokens)
-    path = resolve_path(weights)
-    from lightseg.engine.runtime import load_train_checkpoint
-
-    ckpt = load_train_checkpoint(path)
-    if ckpt.get("format") != TRAIN_FORMAT or "config" not in ckpt:
-        raise ConfigError(f"{path} carries no configuration; give the recipe it was trained with")
-    return apply_overrides(config_from_dict(ckpt["config"], source=str(path)), tokens)
-
-
-def run_eval(args: argparse.Namespace, rest: list[str]) -> int:
-    from lightseg.config import load_config
-    from lightseg.engine.evaluate import run_eval
-
-    recipe, overrides = split_recipe(rest)
-    cfg = load_config(recipe, overrides) if recipe else config_from_weights(args.weights, overrides)
-    run_eval(
-        cfg, args.weights, args.format, args.split, args.cityscapes_out,
-        runtime=args.runtime, precision=args.precision, meta_file=args.meta,
-    )  # fmt: skip
     return 0

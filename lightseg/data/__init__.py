@@ -80,11 +80,18 @@ def build_dataset(
     ``palette``, ``ignore_index``, ``reduce_zero_label``, ``mask_suffix``, ``val_fraction``,
     ``split_seed``).
     """
+    return dataset_class(name)(root, split, transform, **options)
+
+
+def dataset_class(name: str, where: str = "") -> type[SegDataset]:
+    """The class registered as ``name``; an unknown name fails with close matches (the message
+    starts with ``where``, e.g. the option that gave the name)."""
     if name not in DATASETS:
         close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UnknownDatasetError(f"unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
-    return DATASETS[name](root, split, transform, **options)
+        prefix = f"{where}: " if where else ""
+        raise UnknownDatasetError(f"{prefix}unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 
 __all__ = [
@@ -99,5 +106,6 @@ __all__ = [
     "build_dataset_from_config",
     "build_eval_transform",
     "build_train_transform",
+    "dataset_class",
     "dataset_options",
 ]

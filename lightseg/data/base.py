@@ -19,8 +19,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from lightseg.errors import DataError, DatasetNotFoundError, SplitNotFoundError
+from lightseg.meta import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 

@@ -68,7 +68,7 @@ def holdout_split(stems: list[str], fraction: float, seed: int) -> list[str]:
 
 
 def _default_palette(n: int) -> list[tuple[int, int, int]]:
-    from lightseg.visualize import default_palette
+    from lightseg.meta import default_palette
 
     return [tuple(int(v) for v in c) for c in default_palette(n)]  # type: ignore[misc]
 

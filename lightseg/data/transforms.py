@@ -22,8 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightseg.data.base import IGNORE_INDEX
-from lightseg.meta import IMAGENET_MEAN, IMAGENET_STD  # ImageNet statistics, RGB, 0..255; re-exported
+from lightseg.meta import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)  # ImageNet statistics, RGB, 0..255; re-exported
 
 Sample = dict[str, Any]
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)
@@ -37,6 +40,25 @@ def rescale_size(h: int, w: int, scale: Sequence[float]) -> tuple[int, int]:
     """mmcv ``imrescale`` target (H, W): fit the long side in max(scale) and the short in min(scale)."""
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def ratio_bound(scale: Sequence[float], ratio: float) -> tuple[int, int]:
+    """The resize bound ``scale`` x ``ratio``, each side truncated, as mmseg's ``Resize(ratio_range)``
+    and ``MultiScaleFlipAug(img_ratios)`` compute it."""
+    return int(scale[0] * ratio), int(scale[1] * ratio)
+
+
+def multiscale_sizes(
+    h: int, w: int, ratios: Sequence[float], scale: Sequence[float] | None = None
+) -> list[tuple[int, int]]:
+    """(H, W) of an h x w image at each test-time ``ratio``: the keep-ratio rescale into
+    :func:`ratio_bound` ``(scale, ratio)``, as mmseg 0.x's ``MultiScaleFlipAug`` + ``Resize(keep_ratio)``.
+
+    ``scale=None`` takes the image's own size as the bound (mmseg's ``img_scale=None`` mode), so
+    ratio 1.0 keeps it; this is the rule of every multi-scale path (evaluation and predict).
+    """
+    bound = (max(h, w), min(h, w)) if scale is None else scale
+    return [rescale_size(h, w, ratio_bound(bound, r)) for r in ratios]
 
 
 def resize_image(
@@ -121,7 +143,7 @@ class Resize:
         if self.ratio_range is not None:
             lo, hi = self.ratio_range
             ratio = _rng(rng).random() * (hi - lo) + lo  # mmseg: random_sample() * (max - min) + min
-            scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
+            scale = ratio_bound(self.scale, ratio)
         return rescale_size(h, w, scale)
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
@@ -446,7 +468,8 @@ def build_train_transform(
 
 class MultiScaleResize:
     """Multi-scale test-time augmentation as mmseg's ``MultiScaleFlipAug(img_ratios=...)``: the
-    ORIGINAL image resized to ``scale`` x each ratio (keeping the aspect), each normalised.
+    ORIGINAL image resized to each of :func:`multiscale_sizes` (bound ``scale`` x ratio, aspect
+    kept), each normalised.
 
     Sets ``images`` (one float32 (3, h_r, w_r) tensor per ratio) and ``image`` (the first); the
     mask stays at its original size.
@@ -459,23 +482,25 @@ class MultiScaleResize:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        self.resizes = [
-            Resize((int(scale[0] * r), int(scale[1] * r)), None, resize_mask=False) for r in ratios
-        ]
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.ratios = tuple(float(r) for r in ratios)
         self.normalize = Normalize(mean, std)
+
+    def sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """The (H, W) an h x w image is resized to, one per ratio."""
+        return multiscale_sizes(h, w, self.ratios, self.scale)
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         original = sample["image"]
         images = []
-        for resize in self.resizes:
-            out = self.normalize(resize({**sample, "image": original, "meta": dict(sample["meta"])}))
-            images.append(out["image"])
+        for size in self.sizes(*original.shape[:2]):
+            images.append(self.normalize({**sample, "image": resize_image(original, size)})["image"])
         sample = ToTensor()({**sample, "image": images[0]})
         sample["images"] = images
         return sample
 
     def __repr__(self) -> str:
-        return f"MultiScaleResize({[r.scale for r in self.resizes]})"
+        return f"MultiScaleResize(scale={self.scale}, ratios={list(self.ratios)})"
 
 
 def build_eval_transform(

@@ -1,4 +1,7 @@
-"""Whole models from a name, a file or metadata: :func:`create_model` and :func:`load_checkpoint`.
+"""Whole models from a name, a file or metadata — the one place a model is built:
+:func:`create_model` (a name, optionally weights), :func:`load_checkpoint` (a lightseg file),
+:func:`build_from_meta` (metadata) and :func:`load_model` (whatever a user has: a file, or a name
+with weights).
 
 This module sits above the registry (:mod:`lightseg.models.registry`: names -> factories), the
 weights registry (:mod:`lightseg.weights`: published files) and :mod:`lightseg.checkpoint` (layouts,
@@ -14,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from lightseg.checkpoint import load_state_dict_strict, load_weights, read_checkpoint
-from lightseg.errors import CheckpointError, ConfigError
+from lightseg.errors import CheckpointError, ConfigError, ForeignCheckpointError
 from lightseg.meta import ModelMeta
 from lightseg.models.registry import ModelEntry, get_entry
 from lightseg.weights import WeightsEntry, find_weights
@@ -101,3 +104,49 @@ def load_checkpoint(path_or_url: str | os.PathLike) -> nn.Module:
         raise CheckpointError(f"{path_or_url}: cannot rebuild {fields.get('name')!r} ({e})") from e
     load_state_dict_strict(model, state, source=str(path_or_url))
     return model
+
+
+def load_model(
+    name: str | None, weights: str | os.PathLike | None = None, num_classes: int | None = None
+) -> nn.Module:
+    """A segmentor in eval mode from what a user has.
+
+    - ``weights`` is a lightseg file (safetensors or training checkpoint): rebuilt from it (its
+      metadata names the model and its classes; ``name`` and ``num_classes``, if given, must agree);
+    - ``weights`` is a foreign layout (official mmseg, ImageNet): ``create_model(name, num_classes,
+      weights=weights)`` loaded strictly, where ``num_classes`` ``None`` is the model's own default;
+      weights for another class count fail naming the file and the keys;
+    - no weights: ``create_model(name, num_classes)``, randomly initialised.
+
+    A damaged lightseg file is an error, never a reason to build something else.
+    """
+    if weights is not None:
+        try:
+            model = load_checkpoint(weights)
+        except ForeignCheckpointError:
+            model = None  # a foreign layout: needs the name (and class count) from the caller
+        if model is not None:
+            saved = model.meta
+            if name and saved.name != name:
+                raise CheckpointError(f"{weights}: holds weights of {saved.name!r}, not {name!r}")
+            if num_classes is not None and num_classes != saved.num_classes:
+                raise CheckpointError(
+                    f"{weights}: holds weights for {saved.num_classes} classes, not {num_classes}: drop "
+                    "--num-classes (a lightseg checkpoint knows its classes) or use weights for that many"
+                )
+            return model.eval()
+    if not name:
+        raise CheckpointError(
+            f"{weights}: not a lightseg checkpoint, so it does not name its model: give the model name "
+            "too (see `lightseg models`)"
+        )
+    try:
+        model = create_model(name, num_classes=num_classes, weights=None if weights is None else str(weights))
+    except CheckpointError as e:
+        if weights is None or num_classes is not None or "mis-shaped" not in str(e):
+            raise
+        raise CheckpointError(
+            f"{e}\n(if the weights are for another number of classes than {name}'s default, pass "
+            "--num-classes K)"
+        ) from e
+    return model.eval()

@@ -39,7 +39,7 @@ from torch import nn
 
 from lightseg.checkpoint import CheckpointLayout, register_layout, remap_keys
 from lightseg.errors import ConfigError, WeightsNotFoundError
-from lightseg.layers import DropPath
+from lightseg.layers import DropPath, Renormalize
 from lightseg.models.registry import register_model
 
 # BatchNorm epsilon of the TF EfficientNet (1e-3, not PyTorch's 1e-5): needed to reproduce the
@@ -47,9 +47,7 @@ from lightseg.models.registry import register_model
 # running statistics lag far behind on short fine-tuning schedules; it does not affect inference).
 BN_EPS = 1e-3
 
-# lightseg's pipeline normalisation (SPEC 1.6) and the one the TF Lite weights were trained with.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+# The normalisation the TF Lite weights were trained with (MEAN_RGB, STDDEV_RGB of the TF release).
 TF_LITE_MEAN, TF_LITE_STD = 127.0, 128.0
 
 
@@ -160,13 +158,7 @@ class EfficientNetLite(nn.Module):
         if input_norm not in ("imagenet", "tf"):
             raise ConfigError(f"input_norm must be 'imagenet' or 'tf', got {input_norm!r}")
         self.input_norm = input_norm
-        # Per-channel affine map ImageNet-normalised -> (rgb - 127) / 128; non-persistent, so the
-        # state dict holds only learned weights and statistics.
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self.register_buffer("in_scale", (std / TF_LITE_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer(
-            "in_shift", ((mean - TF_LITE_MEAN) / TF_LITE_STD).view(1, 3, 1, 1), persistent=False
-        )
+        self.renorm = Renormalize((TF_LITE_MEAN,) * 3, (TF_LITE_STD,) * 3)  # ImageNet -> (rgb - 127) / 128
 
         self.stem = ConvBNReLU6(3, stem, 3, 2)
         total = sum(s.repeats for s in stages)
@@ -191,7 +183,7 @@ class EfficientNetLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.input_norm == "imagenet":
-            x = x * self.in_scale + self.in_shift
+            x = self.renorm(x)
         x = self.stem(x)
         feats = []
         for i, block in enumerate(self.blocks):

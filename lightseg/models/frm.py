@@ -316,7 +316,9 @@ FRM_VARIANTS: dict[str, FRMVariant] = {
 _CFG_FIELDS = {f.name for f in fields(FRMConfig)}
 
 
-def _frm(name: str, num_classes: int, drop_path_rate: float | None, options: dict[str, Any]) -> Segmentor:
+def _frm(
+    name: str, num_classes: int, drop_path_rate: float | None, pretrained_norm: bool, options: dict[str, Any]
+) -> Segmentor:
     variant = FRM_VARIANTS[name]
     unknown = sorted(set(options) - _CFG_FIELDS)
     if unknown:
@@ -324,14 +326,16 @@ def _frm(name: str, num_classes: int, drop_path_rate: float | None, options: dic
             f"{name}: unknown option(s) {unknown}; FRMConfig fields: {sorted(_CFG_FIELDS)}"
         )
     rate = variant.drop_path_rate if drop_path_rate is None else drop_path_rate
-    backbone = get_entry(variant.backbone).factory(drop_path_rate=rate)
+    backbone = get_entry(variant.backbone).factory(drop_path_rate=rate, pretrained_norm=pretrained_norm)
     return build_frm(backbone, num_classes, replace(variant.head, **options))
 
 
 @register_model(kind="segmentor", family="frm", backbone=FRM_VARIANTS["frm_van_b0"].backbone)
-def frm_van_b0(num_classes: int = 19, drop_path_rate: float | None = None, **options: Any) -> Segmentor:
+def frm_van_b0(
+    num_classes: int = 19, drop_path_rate: float | None = None, pretrained_norm: bool = False, **options: Any
+) -> Segmentor:
     """FRM on VAN-B0 (ours: D=256, E=128). ``options``: any :class:`FRMConfig` field."""
-    return _frm("frm_van_b0", num_classes, drop_path_rate, options)
+    return _frm("frm_van_b0", num_classes, drop_path_rate, pretrained_norm, options)
 
 
 @register_model(
@@ -340,13 +344,19 @@ def frm_van_b0(num_classes: int = 19, drop_path_rate: float | None = None, **opt
     backbone=FRM_VARIANTS["frm_van_b1"].backbone,
     published={"cityscapes_test_miou": 80.4, "gflops": 214.82, "gflops_input": "1024x2048"},
 )
-def frm_van_b1(num_classes: int = 19, drop_path_rate: float | None = None, **options: Any) -> Segmentor:
+def frm_van_b1(
+    num_classes: int = 19, drop_path_rate: float | None = None, pretrained_norm: bool = False, **options: Any
+) -> Segmentor:
     """FRM on VAN-B1, the paper's model (D=512, E=192 sized to its 214.82 GFLOPs).
-    ``options``: any :class:`FRMConfig` field (e.g. ``use_frm=False`` for the ablation)."""
-    return _frm("frm_van_b1", num_classes, drop_path_rate, options)
+    ``options``: any :class:`FRMConfig` field (e.g. ``use_frm=False`` for the ablation).
+    ``pretrained_norm``: see :mod:`lightseg.models.van` (default: ImageNet-normalised input, as
+    VAN-Segmentation and mmseg fine-tune VAN)."""
+    return _frm("frm_van_b1", num_classes, drop_path_rate, pretrained_norm, options)
 
 
 @register_model(kind="segmentor", family="frm", backbone=FRM_VARIANTS["frm_van_b2"].backbone)
-def frm_van_b2(num_classes: int = 19, drop_path_rate: float | None = None, **options: Any) -> Segmentor:
+def frm_van_b2(
+    num_classes: int = 19, drop_path_rate: float | None = None, pretrained_norm: bool = False, **options: Any
+) -> Segmentor:
     """FRM on VAN-B2 (ours: D=512, E=192). ``options``: any :class:`FRMConfig` field."""
-    return _frm("frm_van_b2", num_classes, drop_path_rate, options)
+    return _frm("frm_van_b2", num_classes, drop_path_rate, pretrained_norm, options)

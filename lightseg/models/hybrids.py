@@ -6,6 +6,9 @@ combination is just a row of :data:`HYBRIDS`: a registered backbone, a head and 
 None of these models comes from a paper; they exist for comparisons. ``create_model(name,
 pretrained=True)`` starts the backbone from its ImageNet weights (:mod:`lightseg.weights`).
 
+Each is registered under its head's family (``cgrseg`` or ``frm``): the head decides the recipe
+(learning rate, output stride), the backbone is named separately.
+
 Head configurations (ours): the CGRSeg head is the CGRSeg-T head (C=128, 5 context RCMs, strip
 kernel 11) on the last three maps (strides 8/16/32); the FRM head is the light setting of
 ``frm_van_b0`` (D=256, E=128) on all four maps (output stride 4).
@@ -53,10 +56,12 @@ def build_hybrid(
     name: str,
     num_classes: int,
     drop_path_rate: float | None = None,
+    backbone_options: dict[str, Any] | None = None,
     **head_options: Any,
 ) -> Segmentor:
     """Build the combination ``name`` of :data:`HYBRIDS`.
 
+    ``backbone_options`` go to the backbone's factory (e.g. ``pretrained_norm`` for VAN);
     ``head_options`` override fields of its head configuration (e.g. ``channels=64`` for CGRSeg,
     ``use_frm=False`` for FRM); an unknown field fails naming the valid ones.
     """
@@ -69,21 +74,26 @@ def build_hybrid(
         )
     head_cfg = replace(spec.head, **head_options)
     rate = spec.drop_path_rate if drop_path_rate is None else drop_path_rate
-    backbone: nn.Module = get_entry(spec.backbone).factory(drop_path_rate=rate)
+    backbone: nn.Module = get_entry(spec.backbone).factory(drop_path_rate=rate, **(backbone_options or {}))
     if isinstance(head_cfg, FRMConfig):
         return build_frm(backbone, num_classes, head_cfg)
     return build_cgrseg(backbone, num_classes, head_cfg)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["cgrseg_van_b0"].backbone)
+@register_model(kind="segmentor", family="cgrseg", backbone=HYBRIDS["cgrseg_van_b0"].backbone)
 def cgrseg_van_b0(
-    num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
+    num_classes: int = 150,
+    drop_path_rate: float | None = None,
+    pretrained_norm: bool = False,
+    **head_options: Any,
 ) -> Segmentor:
-    """CGRSeg-T head on VAN-B0 (strides 8/16/32, widths 64/160/256) -> logits at stride 8."""
-    return build_hybrid("cgrseg_van_b0", num_classes, drop_path_rate, **head_options)
+    """CGRSeg-T head on VAN-B0 (strides 8/16/32, widths 64/160/256) -> logits at stride 8.
+    ``pretrained_norm``: see :mod:`lightseg.models.van`."""
+    options = {"pretrained_norm": pretrained_norm}
+    return build_hybrid("cgrseg_van_b0", num_classes, drop_path_rate, options, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["cgrseg_effnetlite0"].backbone)
+@register_model(kind="segmentor", family="cgrseg", backbone=HYBRIDS["cgrseg_effnetlite0"].backbone)
 def cgrseg_effnetlite0(
     num_classes: int = 150, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
@@ -91,7 +101,7 @@ def cgrseg_effnetlite0(
     return build_hybrid("cgrseg_effnetlite0", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["frm_efficientformerv2_s1"].backbone)
+@register_model(kind="segmentor", family="frm", backbone=HYBRIDS["frm_efficientformerv2_s1"].backbone)
 def frm_efficientformerv2_s1(
     num_classes: int = 19, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:
@@ -99,7 +109,7 @@ def frm_efficientformerv2_s1(
     return build_hybrid("frm_efficientformerv2_s1", num_classes, drop_path_rate, **head_options)
 
 
-@register_model(kind="segmentor", family="hybrids", backbone=HYBRIDS["frm_effnetlite0"].backbone)
+@register_model(kind="segmentor", family="frm", backbone=HYBRIDS["frm_effnetlite0"].backbone)
 def frm_effnetlite0(
     num_classes: int = 19, drop_path_rate: float | None = None, **head_options: Any
 ) -> Segmentor:

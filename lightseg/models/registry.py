@@ -2,7 +2,9 @@
 
 Families register their public factories with :func:`register_model`; users call
 :func:`lightseg.create_model` (:mod:`lightseg.models.build`) and :func:`list_models`. Nothing here
-knows about configs, losses or checkpoints.
+knows about configs, losses or checkpoints. The registry is full as soon as any module of
+:mod:`lightseg.models` is imported: Python runs the package's ``__init__`` first, and it imports
+every family.
 """
 
 from __future__ import annotations
@@ -67,14 +69,8 @@ def register_model(
     return wrap
 
 
-def _ensure_families_imported() -> None:
-    # Importing the package's model modules fills the registry.
-    import lightseg.models  # noqa: F401
-
-
 def get_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; an unknown name fails listing close matches."""
-    _ensure_families_imported()
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -84,17 +80,6 @@ def get_entry(name: str) -> ModelEntry:
 
 def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
     """Sorted names matching the shell-style ``pattern`` (and ``kind`` if given)."""
-    _ensure_families_imported()
     return sorted(
         n for n, e in _MODELS.items() if fnmatch.fnmatch(n, pattern) and (kind is None or e.kind == kind)
     )
-
-
-def __getattr__(name: str) -> Any:
-    # ``create_model`` builds and loads, which is lightseg.models.build's job (it sits above
-    # lightseg.checkpoint); it stays importable from here for existing callers.
-    if name == "create_model":
-        from lightseg.models.build import create_model
-
-        return create_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,7 +40,7 @@ class Segmentor(nn.Module):
             raise InputError(
                 f"input size {h}x{w} is not a multiple of {d}: {type(self).__name__} needs height and "
                 f"width divisible by {d} (pad to {-(-h // d) * d}x{-(-w // d) * d}, "
-                "e.g. with lightseg.engine.inference)"
+                "e.g. with lightseg.inference)"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,16 @@ Structure, per stage i = 1..4 (strides 4, 8, 16, 32):
 - LayerNorm over channels (eps 1e-6) at the end of the stage.
 ``forward`` returns the four stage outputs. Module names mirror the official classification model so
 that its ImageNet checkpoints (``{"state_dict": ...}``) map key by key (see :func:`convert_imagenet`).
+
+Normalisation: those checkpoints were trained on ``(rgb - 127.5) / 127.5`` (timm 0.4.12's Inception
+mean/std, see the registry entry), while VAN-Segmentation and mmseg's VAN configs fine-tune them on
+ImageNet-normalised input, as lightseg's pipeline provides. The factories keep that (the papers'
+recipe) by default; ``pretrained_norm=True`` converts the input to the weights' own normalisation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +31,9 @@ import torch
 from torch import nn
 
 from lightseg.checkpoint import CheckpointError, CheckpointLayout, register_layout, remap_keys
-from lightseg.layers import DropPath
+from lightseg.layers import DropPath, Renormalize
 from lightseg.models.registry import register_model
+from lightseg.weights import find_weights
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,11 +135,21 @@ VAN_VARIANTS: dict[str, VANConfig] = {
 
 class VAN(nn.Module):
     """VAN backbone. x: N×3×H×W → [F1, F2, F3, F4] at strides 4, 8, 16, 32 with ``cfg.widths``
-    channels. ``feature_info[i] = {"num_chs": C_i, "reduction": stride_i}``."""
+    channels. ``feature_info[i] = {"num_chs": C_i, "reduction": stride_i}``.
 
-    def __init__(self, cfg: VANConfig, drop_path_rate: float = 0.0):
+    ``stem_norm=(mean, std)`` converts the ImageNet-normalised input to ``(rgb - mean) / std`` before
+    the first layer (:class:`~lightseg.layers.Renormalize`); ``None`` feeds it as is.
+    """
+
+    def __init__(
+        self,
+        cfg: VANConfig,
+        drop_path_rate: float = 0.0,
+        stem_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
+        self.renorm = Renormalize(*stem_norm) if stem_norm is not None else None
         total = sum(cfg.depths)
         # Linear stochastic-depth rule over the global block index (as the official code).
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -149,6 +166,8 @@ class VAN(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.renorm is not None:
+            x = self.renorm(x)
         outs = []
         for i in range(1, 5):
             x = getattr(self, f"patch_embed{i}")(x)
@@ -220,29 +239,35 @@ register_layout(
 # --------------------------------------------------------------------------------------------------
 # Public factories
 # --------------------------------------------------------------------------------------------------
-def _van(variant: str, drop_path_rate: float) -> VAN:
-    return VAN(VAN_VARIANTS[variant], drop_path_rate=drop_path_rate)
+def _van(variant: str, drop_path_rate: float, pretrained_norm: bool) -> VAN:
+    """``pretrained_norm``: feed the stem the normalisation the ImageNet weights were trained with
+    (the registry entry's mean/std, 127.5/127.5) instead of the pipeline's ImageNet statistics."""
+    stem_norm = None
+    if pretrained_norm:
+        weights = find_weights(f"van_{variant}")
+        stem_norm = (weights.mean, weights.std)
+    return VAN(VAN_VARIANTS[variant], drop_path_rate=drop_path_rate, stem_norm=stem_norm)
 
 
 @register_model(kind="backbone", family="van")
-def van_b0(drop_path_rate: float = 0.0) -> VAN:
+def van_b0(drop_path_rate: float = 0.0, pretrained_norm: bool = False) -> VAN:
     """VAN-B0 (widths 32/64/160/256, depths 3/3/5/2); 3.85 M params, 36.6 GMACs at 1024×2048."""
-    return _van("b0", drop_path_rate)
+    return _van("b0", drop_path_rate, pretrained_norm)
 
 
 @register_model(kind="backbone", family="van")
-def van_b1(drop_path_rate: float = 0.0) -> VAN:
+def van_b1(drop_path_rate: float = 0.0, pretrained_norm: bool = False) -> VAN:
     """VAN-B1 (widths 64/128/320/512, depths 2/2/4/2); 13.35 M params, 105.0 GMACs at 1024×2048."""
-    return _van("b1", drop_path_rate)
+    return _van("b1", drop_path_rate, pretrained_norm)
 
 
 @register_model(kind="backbone", family="van")
-def van_b2(drop_path_rate: float = 0.0) -> VAN:
+def van_b2(drop_path_rate: float = 0.0, pretrained_norm: bool = False) -> VAN:
     """VAN-B2 (widths 64/128/320/512, depths 3/3/12/3); 26.07 M params, 210.0 GMACs at 1024×2048."""
-    return _van("b2", drop_path_rate)
+    return _van("b2", drop_path_rate, pretrained_norm)
 
 
 @register_model(kind="backbone", family="van")
-def van_b3(drop_path_rate: float = 0.0) -> VAN:
+def van_b3(drop_path_rate: float = 0.0, pretrained_norm: bool = False) -> VAN:
     """VAN-B3 (widths 64/128/320/512, depths 3/5/27/3); 44.25 M params, 375.1 GMACs at 1024×2048."""
-    return _van("b3", drop_path_rate)
+    return _van("b3", drop_path_rate, pretrained_norm)

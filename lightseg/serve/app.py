@@ -1,9 +1,10 @@
 """The HTTP application: routes, uploads in, label maps out, every refusal a JSON error.
 
-Routes: ``GET /`` (the demo page), ``GET /healthz``, ``GET /v1/model``, ``POST /v1/segment``.
-Errors are ``{"status": 4xx, "error": "<code>", "message": "<what is wrong and what to do>"}``.
-Decoding and encoding run in the thread pool, inference on the :class:`Batcher`'s one worker, so the
-event loop (and ``/healthz``) stays responsive under load.
+Routes: ``GET /`` (the demo page), ``GET /healthz``, ``GET /metrics``, ``GET /v1/model``,
+``POST /v1/segment``. Errors are ``{"status": 4xx, "error": "<code>", "message": "<what is wrong and
+what to do>"}``. Decoding and encoding run in the thread pool, inference on the :class:`Batcher`'s
+workers, so the event loop (and ``/healthz``) stays responsive under load. The application runs
+behind :class:`~lightseg.serve.guard.Guard` (hosts, token, security headers, request metrics).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import logging
 import time
 from importlib import resources
 
@@ -18,32 +20,52 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from lightseg.errors import RequestError
 from lightseg.serve.backend import Backend, ModelInfo
 from lightseg.serve.batcher import Batcher, Result
-from lightseg.serve.uploads import Limits, decode_image, too_large
+from lightseg.serve.guard import Access, Guard, json_error
+from lightseg.serve.limits import Limits
+from lightseg.serve.metrics import CLIENT_CLOSED, CONTENT_TYPE, REJECTIONS, Metrics
+from lightseg.serve.server import short_path
+from lightseg.serve.uploads import decode_image, read_body, too_large
 from lightseg.visualize import colorize, overlay
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file in a form upload
-# The page is self-contained: the policy forbids loading anything from elsewhere.
+# The page is self-contained: the policy forbids loading anything from elsewhere, and framing.
 PAGE_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src data: blob:; connect-src 'self'"
+    "img-src data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
-ROUTES_HELP = "GET /, GET /healthz, GET /v1/model, POST /v1/segment"
+ROUTES_HELP = "GET /, GET /healthz, GET /metrics, GET /v1/model, POST /v1/segment"
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+log = logging.getLogger("lightseg.serve")
 
 
-def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 4, max_queue: int = 64):
-    """The ASGI application serving ``backend``; run it with uvicorn (see :mod:`lightseg.cli.serve`)."""
+def create_app(
+    backend: Backend,
+    limits: Limits | None = None,
+    max_batch: int = 4,
+    max_queue: int = 64,
+    access: Access | None = None,
+) -> Guard:
+    """The ASGI application serving ``backend``; run it with
+    :func:`~lightseg.serve.server.server_config` (see :mod:`lightseg.cli.serve`). ``access``:
+    the Host names it answers to and its token (default: loopback names, no token)."""
     limits = limits or Limits()
     batcher = Batcher(backend, max_batch=max_batch, max_queue=max_queue)
+    metrics = Metrics()
     info = backend.info
     page = resources.files("lightseg.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    uploading = 0  # uploads being read or decoded
+    metrics.reading(
+        "queue_depth", "Decoded images waiting for the inference worker.", lambda: batcher.waiting
+    )
+    metrics.reading("uploads_in_progress", "Uploads being received or decoded.", lambda: uploading)
+    metrics.reading("images_segmented_total", "Images the model has segmented.", lambda: batcher.served)
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
@@ -59,7 +81,11 @@ def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 
             status_code=200 if ok else 503,
         )
 
+    async def metrics_text(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     async def model(request: Request) -> Response:
+        path = backend.path()
         return JSONResponse(
             {
                 "name": info.name,
@@ -68,18 +94,31 @@ def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 
                 "palette": [list(c) for c in info.palette],
                 "input_size": None if info.input_size is None else list(info.input_size),
                 "size_divisor": info.size_divisor,
-                "runtime": info.runtime,
-                "precision": info.precision,
+                "runtime": path["runtime"],
+                "precision": path["precision"],
+                "why": path["why"],
+                "workers": batcher.workers,
                 "max_batch": max_batch,
                 "limits": {"max_upload_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
             }
         )
 
     async def segment(request: Request) -> Response:
+        nonlocal uploading
         start = time.perf_counter()
         fmt, with_overlay, alpha = _options(request)
-        data = await _read_upload(request, limits)
-        image = await run_in_threadpool(decode_image, data, limits)
+        if uploading >= limits.max_uploads:  # refused before a byte of the body is read
+            raise RequestError(
+                503,
+                "uploads_busy",
+                f"{limits.max_uploads} uploads are already being received; retry shortly (--max-uploads)",
+            )
+        uploading += 1
+        try:
+            data = await _read_upload(request, limits)
+            image = await run_in_threadpool(decode_image, data, limits)
+        finally:
+            uploading -= 1
         decoded = time.perf_counter()
         result = await batcher.segment(image)
         if fmt == "png":
@@ -104,18 +143,22 @@ def create_app(backend: Backend, limits: Limits | None = None, max_batch: int = 
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_text, methods=["GET"]),
             Route("/v1/model", model, methods=["GET"]),
             Route("/v1/segment", segment, methods=["POST"]),
         ],
         exception_handlers={
             RequestError: _request_error,
+            ClientDisconnect: _client_left,
             HTTPException: _http_error,
             Exception: _internal_error,
         },
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # its redirect would be built from the client's Host header
     app.state.batcher = batcher
-    return app
+    app.state.metrics = metrics
+    return Guard(app, access or Access(), limits, metrics)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,13 +200,7 @@ async def _read_upload(request: Request, limits: Limits) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise too_large(int(declared), limits)  # refused before reading a byte
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:  # a chunked upload with no (or a false) length
-            raise too_large(size, limits)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_body(request.stream(), cap, limits)
     return await _form_image(request, body) if multipart else body
 
 
@@ -235,15 +272,27 @@ def _timing(start: float, decoded: float, result: Result) -> dict[str, float]:
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"status": status, "error": code, "message": message}, status_code=status, headers=headers
-    )
+    return json_error(RequestError(status, code, message), headers)
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
-    return _error(exc.status, exc.code, str(exc), headers)
+    if exc.code in REJECTIONS:
+        request.app.state.metrics.reject(exc.code)
+    return json_error(exc)
+
+
+async def _client_left(request: Request, exc: Exception) -> Response:
+    """A client that closes its connection mid-upload: one line, no traceback; nobody reads the answer."""
+    client = request.client
+    who = f"{client.host}:{client.port}" if client else "a client"
+    log.info(
+        '%s - "%s %s" the connection closed before the upload was complete',
+        who,
+        request.method,
+        short_path(request.url.path),
+    )
+    return Response(status_code=CLIENT_CLOSED)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -1,8 +1,10 @@
-"""One inference worker for every request: the runner is never called from two threads at once.
+"""The inference workers: as many as the runtime runs inferences at once (``workers``: its
+OpenVINO streams or ONNX Runtime sessions, sized to the cores; one for eager torch).
 
-Requests queue up; the worker takes the oldest and, with it, up to ``max_batch - 1`` more waiting
+Requests queue up; a free worker takes the oldest and, with it, up to ``max_batch - 1`` more waiting
 requests of the same image size (micro-batching: no request is held back to wait for company, so a
-lone request pays nothing). Decoding and encoding run outside, in the server's thread pool.
+lone request pays nothing). While one worker's batch runs on its share of the cores, another's runs
+on the rest, or computes its labels. Decoding and encoding run outside, in the server's thread pool.
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ class _Job:
 
 class Batcher:
     """``await batcher.segment(image)`` -> :class:`Result`; at most ``max_queue`` requests wait
-    (more are refused with 503 so that a flood cannot exhaust memory)."""
+    (more are refused with 503 so that a flood cannot exhaust memory). ``workers`` (default: the
+    backend's) threads run batches side by side."""
 
-    def __init__(self, backend: Backend, max_batch: int = 4, max_queue: int = 64):
-        if max_batch < 1 or max_queue < 1:
-            raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}")
+    def __init__(self, backend: Backend, max_batch: int = 4, max_queue: int = 64, workers: int | None = None):
+        workers = getattr(backend, "workers", 1) if workers is None else workers
+        if max_batch < 1 or max_queue < 1 or workers < 1:
+            raise ValueError(
+                f"max_batch, max_queue and workers must be >= 1, got {max_batch}, {max_queue}, {workers}"
+            )
         self.backend = backend
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -50,21 +56,30 @@ class Batcher:
         self._queue: collections.deque[_Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._stopped = False  # the worker has ended: no job is accepted any more
-        self._thread = threading.Thread(target=self._work, name="lightseg-inference", daemon=True)
+        self._stopped = False  # a worker has ended: no job is accepted any more
+        self._threads = [
+            threading.Thread(target=self._work, name=f"lightseg-inference-{i}", daemon=True)
+            for i in range(workers)
+        ]
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
-            self._cv.notify()
-        self._thread.join()
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopped
+        return all(t.is_alive() for t in self._threads) and not self._stopped
 
     @property
     def waiting(self) -> int:
@@ -125,7 +140,8 @@ class Batcher:
             for job, lab in zip(batch, labels):
                 result = Result(lab, (start - job.queued_at) * 1e3, ms, len(batch))
                 _post(job, result, None)
-            self.served += len(batch)
+            with self._cv:
+                self.served += len(batch)
 
 
 def _post(job: _Job, result: Result | None, error: Exception | None) -> None:

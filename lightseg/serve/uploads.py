@@ -1,4 +1,5 @@
-"""Uploads: read a request body under a size limit and turn it into an RGB image, or refuse it.
+"""Uploads: read a request body under a size limit and a minimum rate, and turn it into an RGB
+image, or refuse it.
 
 The format is sniffed from the first bytes (a file name or content type is never trusted), the
 pixel count is checked from the header before anything is decoded (so a small file that expands
@@ -7,14 +8,16 @@ to gigabytes is refused unread), and every refusal is a :class:`RequestError` na
 
 from __future__ import annotations
 
+import asyncio
 import io
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import numpy as np
 from PIL import Image
 
 from lightseg.data.base import upright_rgb
 from lightseg.errors import RequestError
+from lightseg.serve.limits import Limits
 
 # First bytes of the accepted formats -> Pillow format name.
 _SIGNATURES = (
@@ -23,19 +26,6 @@ _SIGNATURES = (
     (b"BM", "BMP"),
 )
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """``max_bytes``: largest upload; ``max_pixels``: largest width x height (default 8 MP, which
-    holds 3840 x 2160)."""
-
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 8 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_pixels < 1:
-            raise ValueError(f"limits must be positive, got {self}")
 
 
 def sniff(data: bytes) -> str | None:
@@ -51,6 +41,38 @@ def too_large(size: int, limits: Limits) -> RequestError:
         "upload_too_large",
         f"the upload is {size} bytes or more; this server accepts at most {limits.max_bytes} bytes "
         "(--max-upload-mb)",
+    )
+
+
+async def read_body(chunks: AsyncIterator[bytes], cap: int, limits: Limits) -> bytes:
+    """The body from ``chunks``: at most ``cap`` bytes (else a 413), arriving without a pause of
+    ``body_timeout`` and at ``min_upload_rate`` after that grace (else a 408 that closes the
+    connection, so that a stalled or trickling client gives its slot back)."""
+    loop = asyncio.get_running_loop()
+    start = last = loop.time()
+    parts, size = [], 0
+    while True:
+        wait = limits.upload_deadline(start, last, size) - loop.time()
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), wait)
+        except StopAsyncIteration:
+            return b"".join(parts)
+        except asyncio.TimeoutError:
+            raise too_slow(size, loop.time() - start, limits) from None
+        last = loop.time()
+        size += len(chunk)
+        if size > cap:  # a chunked upload with no (or a false) length
+            raise too_large(size, limits)
+        parts.append(chunk)
+
+
+def too_slow(size: int, seconds: float, limits: Limits) -> RequestError:
+    return RequestError(
+        408,
+        "upload_too_slow",
+        f"the upload stalled: {size} bytes in {seconds:.1f} s; this server waits at most "
+        f"{limits.body_timeout:g} s for the next bytes and, after that, needs at least "
+        f"{limits.min_upload_rate / 1024:g} KiB/s on average (--body-timeout, --min-upload-kib-s)",
     )
 
 
