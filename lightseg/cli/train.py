@@ -61,7 +61,7 @@ RECIPE_FREE_HELP = {
     "train.log_interval": "train.iters / 20, at most 50",
 }
 
-# `lightseg train --preset quick --data.root DIR`: a first useful model on a CPU in about ten minutes.
+# `lightseg train --preset quick --data.root DIR`: a first useful model on a CPU in minutes.
 # FRM on the ImageNet EfficientNet-Lite0 (its weights come from a pip package: no download), images
 # resized to fit 480 x 360, 256 x 256 crops; measured on CamVid 480x360 in docs/custom-data.md.
 PRESETS: dict[str, dict[str, object]] = {
@@ -100,7 +100,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         TRAIN_SECTIONS,
         "lightseg train [RECIPE.yaml] [--model NAME] [--resume CKPT] [--section.field VALUE ...]\n"
         "       e.g. lightseg train --model cgrseg_t --data.root my_data --train.iters 4000\n"
-        "            lightseg train --preset quick --data.root my_data   (about 10 minutes on 2 CPU cores)",
+        "            lightseg train --preset quick --data.root my_data   (6 minutes on 2 CPU cores)",
         RECIPE_FREE_HELP,
     )
     p.add_argument("--model", dest="model_name", default=None, help="model name (same as --model.name)")

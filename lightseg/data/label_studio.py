@@ -90,7 +90,8 @@ def convert_label_studio(
     """Write ``out/images/``, ``out/masks/`` (class ids) and ``out/classes.json`` from a Label Studio
     JSON export and the folder of its images; ``out`` must be new or empty. Returns ``{"all": n}``."""
     from lightseg.data.convert import new_folder
-    from lightseg.visualize import colorize, default_palette
+    from lightseg.meta import default_palette
+    from lightseg.visualize import colorize
 
     export, images_dir = Path(export).expanduser(), Path(images_dir).expanduser()
     try:
