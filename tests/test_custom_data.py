@@ -501,3 +501,25 @@ def test_quick_preset_is_a_recipe_free_run_your_options_win(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model:\n  name: cgrseg_t\n")
     assert cli_main(["train", str(recipe), "--preset", "quick"]) == 2
+
+
+def test_an_interrupted_run_in_a_chosen_folder_says_how_to_continue_it(
+    small_folder, tmp_path, monkeypatch, capsys
+):
+    """The same command again would start a new run beside the folder it chose, so the advice names
+    the folder; run with it, the run continues there instead of in a `_2` beside it."""
+    monkeypatch.chdir(tmp_path)
+    good = (small_folder / "images/3.jpg").read_bytes()
+    (small_folder / "images/3.jpg").write_bytes(good[:40])  # truncated: fails when the loader reads it
+    argv = [
+        "train", "--model", "cgrseg_t", "--model.pretrained", "false", "--data.root", str(small_folder),
+        "--data.crop_size", "[32,32]", "--data.test_scale", "[32,32]", "--data.num_workers", "0",
+        "--train.iters", "2", "--train.batch_size", "2", "--run.tensorboard", "false",
+    ]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "3.jpg" in err and "run the same command again with --run.work_dir runs/cgrseg_t_data" in err
+    (small_folder / "images/3.jpg").write_bytes(good)
+    assert cli_main([*argv, "--run.work_dir", "runs/cgrseg_t_data"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cgrseg_t_data"]
+    assert (tmp_path / "runs/cgrseg_t_data/last.pt").is_file()

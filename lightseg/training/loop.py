@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightseg.config import Config, save_config
 from lightseg.data.base import set_max_image_pixels
-from lightseg.errors import DataError, DivergenceError, OutOfMemoryError
+from lightseg.errors import DataError, DivergenceError, LightsegError, OutOfMemoryError
 from lightseg.evaluation import build_eval_dataset, eval_transform, evaluate
 from lightseg.meta import IGNORE_INDEX
 from lightseg.metrics import format_table
@@ -64,6 +64,8 @@ from lightseg.training.tensorboard import EvalSummaries
 
 # The loss, a gradient or the saved state became NaN/inf; the message names the last finite checkpoint.
 TrainingDiverged = DivergenceError
+# The advice of every error the run can recover from (a work directory chosen here is added to it).
+RERUN = "run the same command again"
 
 
 def train(
@@ -82,6 +84,32 @@ def train(
     info, device = init_distributed(cfg.run.device)
     work_dir, dir_note = preflight.resolve_work_dir(cfg, info)
     cfg.run.work_dir = str(work_dir)
+    with _advice_names_run_dir(work_dir, chosen_here=dir_note is not None):
+        return _train(cfg, info, device, work_dir, dir_note, model, train_set, val_set)
+
+
+@contextlib.contextmanager
+def _advice_names_run_dir(work_dir: Path, chosen_here: bool):
+    """The same command again makes a new run beside a run directory chosen here, so an error's
+    advice to run it again names the directory (``--run.work_dir``) to continue this one."""
+    try:
+        yield
+    except LightsegError as e:
+        if chosen_here and RERUN in str(e):
+            e.args = (str(e).replace(RERUN, f"{RERUN} with --run.work_dir {work_dir}"),)
+        raise
+
+
+def _train(
+    cfg: Config,
+    info: DistInfo,
+    device: torch.device,
+    work_dir: Path,
+    dir_note: str | None,
+    model: nn.Module | None,
+    train_set: Dataset | None,
+    val_set: Dataset | None,
+) -> dict[str, Any]:
     set_max_image_pixels(cfg.data.max_image_pixels)
     seed_everything(cfg.run.seed + info.rank)
     # Every split the run uses is opened (and checked) before anything is written or trained.
