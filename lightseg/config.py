@@ -67,10 +67,18 @@ class DataConfig:
     val_split: str = _f("val", "split evaluated on during and after training (empty: no evaluation)")
     classes: list | str | None = _f(
         None,
-        "folder: class names (a list) or a class file (.txt, .json, .yaml); default: the root's classes.* file",
+        "folder: class names (a list) or a class file (classes.txt/.json/.yaml, class_dict.csv, labelmap.txt, "
+        "_classes.csv); default: the first such file in the dataset folder",
     )
-    ignore_index: int | None = _f(
-        None, "folder: the value in your mask files that marks ignored pixels (mapped to 255)"
+    palette: list | str | None = _f(
+        None,
+        "folder: class colours in class order (a list of [r, g, b] or a file); they map colour masks to class "
+        "ids and colour predictions; default: the class file's colours, else the palette-mode masks' own",
+    )
+    ignore_index: int | str | None = _f(
+        None,
+        "folder: the mask value (or class name, e.g. Void) that marks ignored pixels (mapped to 255; a named "
+        "class leaves the class list)",
     )
     reduce_zero_label: bool | None = _f(None, "folder: mask value 0 means ignore and k means class k-1")
     val_fraction: float | None = _f(
@@ -357,12 +365,15 @@ def json_default(value: Any) -> str:
     )
 
 
-def fields_help(sections: list[str]) -> str:
-    """Plain-text list of the ``--section.field`` options of ``sections`` (a verb's ``--help``)."""
+def fields_help(sections: list[str], recipe_free: dict[str, str] | None = None) -> str:
+    """Plain-text list of the ``--section.field`` options of ``sections`` (a verb's ``--help``);
+    ``recipe_free`` gives, per option, what a run without a recipe uses instead of the default."""
     lines = ["options --section.field VALUE (VALUE in YAML syntax):"]
     for section in sections:
         for option, tp, default, doc in field_rows(section):
-            lines.append(f"  --{option} {tp} (default {default})\n      {doc}")
+            other = (recipe_free or {}).get(option)
+            shown = f"default {default}" + (f"; without a recipe: {other}" if other else "")
+            lines.append(f"  --{option} {tp} ({shown})\n      {doc}")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from lightseg.cli import main as cli_main
 from lightseg.config import Config, apply_overrides, load_config, reference_markdown
 from lightseg.data import build_dataset
-from lightseg.data.folder import LAYOUTS, detect_layout
+from lightseg.data.layouts import LAYOUTS, find_layout
 from lightseg.errors import ConfigError, DataError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,12 @@ def test_each_layout_is_detected_and_pairs_match_by_stem(tmp_path: Path, caplog)
         _image(d / f"images/{i}.bmp")
         _mask(d / f"masks/{i}.png", [0, 1])
 
+    def detect_layout(root):
+        found = find_layout(root)
+        return found.kind, found.splits
+
     assert detect_layout(a) == ("images/<split>", ["train", "val"])
-    assert detect_layout(b) == ("<split>/images", ["test", "train"])
+    assert detect_layout(b) == ("<split>/images", ["test", "train", "val", "all"])  # val held out of train
     assert detect_layout(c) == ("split lists", ["val", "all"])
     assert detect_layout(d) == ("flat", ["train", "val", "all"])
 
@@ -373,10 +377,11 @@ def _doc_commands() -> list[str]:
     return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip().startswith("lightseg ")]
 
 
-@pytest.mark.slow  # about a minute on a free core: training, prediction of 20 images, an ONNX export
+@pytest.mark.slow  # about two minutes on a free core: two trainings, prediction of 20 images, an export
 def test_custom_data_doc_commands_run_as_written(shared_data, tmp_path, monkeypatch, capsys):
     commands = _doc_commands()
-    assert [c.split()[1] for c in commands] == ["data", "train", "eval", "predict", "export"]
+    verbs = [" ".join(c.split()[1:3]) if c.split()[1] == "data" else c.split()[1] for c in commands]
+    assert verbs == ["data check", "train", "train", "eval", "predict", "export", "data convert"]
     _camvid_folder(shared_data, tmp_path / "my_data")
     monkeypatch.chdir(tmp_path)
     for command in commands:
@@ -388,6 +393,8 @@ def test_custom_data_doc_commands_run_as_written(shared_data, tmp_path, monkeypa
     assert "[all] 20 pairs — OK" in out and "mIoU" in out
     assert len(list((tmp_path / "predictions").rglob("*.png"))) >= 20
     assert (tmp_path / "my_model.onnx").stat().st_size > 1_000_000
+    assert "wrote 20 pairs (train 18, val 2)" in out
+    assert build_dataset("folder", tmp_path / "my_data_ids", "val").classes == NAMES
 
 
 def test_recipe_free_defaults_come_from_the_model_and_yield_to_the_command_line():
@@ -432,3 +439,87 @@ def test_paper_recipes_train_in_fp32():
     assert (
         Config().train.amp == "off" and apply_overrides(Config(), ["--train.amp", "off"]).train.amp == "off"
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# a run that cannot start leaves nothing behind; --help says what a run without a recipe uses
+
+
+def test_a_failed_start_leaves_no_run_folder(small_folder, tmp_path, monkeypatch, capsys):
+    import lightseg.models.build as build
+    from lightseg.errors import WeightsNotFoundError
+
+    def offline(*args, **kwargs):
+        raise WeightsNotFoundError("cannot fetch https://example.invalid/weights.pth (offline)")
+
+    monkeypatch.setattr(build, "create_model", offline)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--model", "cgrseg_t", "--data.root", str(small_folder), "--data.num_workers", "0"]
+    assert cli_main(argv) == 2
+    assert "offline" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # so the next attempt gets runs/cgrseg_t_data, not _2
+
+
+def test_train_help_states_the_recipe_free_defaults(capsys):
+    from lightseg.cli.train import RECIPE_FREE_HELP, recipe_free_config
+    from lightseg.config import field_rows
+
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--data.dataset str (default ade20k; without a recipe: folder)" in text
+    assert "--model.pretrained Any (default false; without a recipe: true where the backbone" in text
+    assert "--preset {quick}" in text and "lightseg train --preset quick --data.root my_data" in text
+    # every field a recipe-free run changes is one --help names
+    for tokens in (
+        ["--model.name", "cgrseg_t"],
+        ["--model.name", "frm_van_b0", "--model.pretrained", "false"],
+    ):
+        cfg, base = recipe_free_config([*tokens, "--data.root", "d"]), Config()
+        changed = {
+            option
+            for section in ("model", "data", "optim", "schedule", "train", "eval", "run")
+            for option, *_ in field_rows(section)
+            if getattr(getattr(cfg, section), option.split(".")[1])
+            != getattr(getattr(base, section), option.split(".")[1])
+        }
+        assert changed - {"model.name", "data.root", "model.pretrained"} <= set(RECIPE_FREE_HELP)
+
+
+def test_quick_preset_is_a_recipe_free_run_your_options_win(tmp_path):
+    from lightseg.cli.train import PRESETS, preset_tokens, recipe_free_config
+
+    cfg = recipe_free_config([*preset_tokens("quick"), "--data.root", "d"])
+    quick = PRESETS["quick"]
+    assert cfg.model.name == quick["model.name"] == "frm_effnetlite0" and cfg.model.pretrained is True
+    assert cfg.data.dataset == "folder" and cfg.data.crop_size == quick["data.crop_size"]
+    assert cfg.train.iters == quick["train.iters"] and cfg.schedule.warmup_iters == quick["train.iters"] // 10
+    mine = recipe_free_config(
+        [*preset_tokens("quick"), "--data.root", "d", "--train.iters", "7", "--model.name", "cgrseg_t"]
+    )
+    assert mine.train.iters == 7 and mine.model.name == "cgrseg_t"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  name: cgrseg_t\n")
+    assert cli_main(["train", str(recipe), "--preset", "quick"]) == 2
+
+
+def test_an_interrupted_run_in_a_chosen_folder_says_how_to_continue_it(
+    small_folder, tmp_path, monkeypatch, capsys
+):
+    """The same command again would start a new run beside the folder it chose, so the advice names
+    the folder; run with it, the run continues there instead of in a `_2` beside it."""
+    monkeypatch.chdir(tmp_path)
+    good = (small_folder / "images/3.jpg").read_bytes()
+    (small_folder / "images/3.jpg").write_bytes(good[:40])  # truncated: fails when the loader reads it
+    argv = [
+        "train", "--model", "cgrseg_t", "--model.pretrained", "false", "--data.root", str(small_folder),
+        "--data.crop_size", "[32,32]", "--data.test_scale", "[32,32]", "--data.num_workers", "0",
+        "--train.iters", "2", "--train.batch_size", "2", "--run.tensorboard", "false",
+    ]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "3.jpg" in err and "run the same command again with --run.work_dir runs/cgrseg_t_data" in err
+    (small_folder / "images/3.jpg").write_bytes(good)
+    assert cli_main([*argv, "--run.work_dir", "runs/cgrseg_t_data"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cgrseg_t_data"]
+    assert (tmp_path / "runs/cgrseg_t_data/last.pt").is_file()

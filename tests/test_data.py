@@ -11,7 +11,7 @@ from PIL import Image
 
 from lightseg.cli import main as cli_main
 from lightseg.data import DATASETS, DataError, build_dataset
-from lightseg.data.doctor import BINARY_MASK_PROBLEM, check
+from lightseg.data.doctor import BINARY_MASK_HINT, BINARY_MASK_PROBLEM, check
 from lightseg.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_errors_name_layout_file_and_problem(tmp_path: Path) -> None:
     _png(root / "masks/train/ok.png", _mask([0, 1], h=5))  # wrong size
     (root / "images/train/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     _png(root / "masks/train/broken.png", _mask([0, 1]))
-    ds = build_dataset("folder", root, "train")
+    ds = build_dataset("folder", root, "all")  # images/train alone: 'train' and 'val' are drawn from it
     idx = {p[0].stem: i for i, p in enumerate(ds.files)}
     with pytest.raises(DataError, match=r"broken\.jpg: cannot decode image"):
         ds.load(idx["broken"])
@@ -251,7 +251,7 @@ def test_errors_name_layout_file_and_problem(tmp_path: Path) -> None:
         ds[idx["ok"]]
     _jpg(root / "images/train/lonely.jpg")
     with pytest.raises(DataError, match=r"image without mask: .*lonely\.jpg"):
-        build_dataset("folder", root, "train")
+        build_dataset("folder", root, "all")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_doctor_finds_planted_faults(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     rc = cli_main(["data", "check", "--data.name", "folder", "--data.root", str(root), "--format", "json"])
     assert rc == 1
-    report = json.loads(capsys.readouterr().out)["train"]
+    report = json.loads(capsys.readouterr().out)["all"]  # images/train alone: every pair, val not drawn
     assert {
         "pairs",
         "missing_masks",
@@ -296,6 +296,7 @@ def test_doctor_finds_planted_faults(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert set(bad) == {"binary.png", "out_of_range.png"}
     assert bad["binary.png"]["problem"] == BINARY_MASK_PROBLEM and "0/255" in BINARY_MASK_PROBLEM
     assert bad["out_of_range.png"]["values"] == [7]
+    assert report["hints"] == [BINARY_MASK_HINT, "if 7 marks unlabelled pixels: --data.ignore_index 7"]
     # good + small + out_of_range contribute class pixels: 48 + 12 + 32 zeros
     assert report["class_pixels"]["background"] == 48 + 12 + 32 + 48
 
@@ -305,7 +306,7 @@ def test_doctor_finds_planted_faults(tmp_path: Path, capsys: pytest.CaptureFixtu
     _jpg(clean / "images/train/good.jpg")
     _png(clean / "masks/train/good.png", _mask([0, 1]))
     assert cli_main(["data", "check", "--data.name", "folder", "--data.root", str(clean)]) == 0
-    assert "[train] 1 pairs — OK" in capsys.readouterr().out
+    assert "[all] 1 pairs — OK" in capsys.readouterr().out
 
 
 def test_images_are_turned_by_their_exif_orientation_masks_are_not(tmp_path):

@@ -39,7 +39,7 @@ DATASETS: dict[str, type[SegDataset]] = {
 
 
 # DataConfig fields that are dataset options (passed on only when set).
-OPTION_FIELDS = ("classes", "ignore_index", "reduce_zero_label", "val_fraction", "split_seed")
+OPTION_FIELDS = ("classes", "palette", "ignore_index", "reduce_zero_label", "val_fraction", "split_seed")
 
 
 def dataset_options(data_cfg: Any) -> dict[str, Any]:

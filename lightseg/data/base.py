@@ -67,11 +67,12 @@ def read_image(path: Path) -> np.ndarray:
     return arr
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, colour: bool = False) -> np.ndarray:
     """Decode a label PNG to an integer array (H, W) of the raw stored values (before the label rule).
 
     Accepts 8-bit grey (``L``), palette (``P``: the stored indices are the labels) and 16/32-bit grey.
-    An RGB mask is accepted only when its three channels are equal; a colour-coded mask is an error.
+    An RGB(A) mask is returned as (H, W, 3) colours when ``colour`` (the dataset has a colour
+    table), else accepted only when its three channels are equal; a colour-coded mask is an error.
     """
     try:
         with Image.open(path) as im:
@@ -84,11 +85,14 @@ def read_mask(path: Path) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode mask ({e})") from e
     if arr.ndim == 3:
+        if colour and arr.shape[2] >= 3:
+            return np.ascontiguousarray(arr[..., :3])
         if arr.shape[2] >= 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
             return np.ascontiguousarray(arr[..., 0])
         raise DataError(
-            f"{path}: mask is a colour image (mode {mode}); lightseg expects single-channel label PNGs "
-            "holding class ids (convert colours to ids first)"
+            f"{path}: mask is a colour image (mode {mode}) and this dataset has no colour table; masks hold "
+            "class ids, or, for your own data (--data.dataset folder), colours listed in class_dict.csv, "
+            "labelmap.txt, classes.json or --data.palette"
         )
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -181,13 +185,15 @@ def match_pairs(images: dict[str, Path], masks: dict[str, Path] | None) -> Scan:
     return scan
 
 
-def _close_matches(path: Path) -> str:
+def close_matches(path: Path) -> str:
+    """`` (did you mean: ...?)`` naming the entries beside ``path`` whose names are close to its name
+    (case-insensitive), or ``""``."""
     parent = path.parent
     if not parent.is_dir():
         return ""
-    names = [p.name for p in parent.iterdir() if p.is_dir()]
-    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
-    return f" (did you mean: {', '.join(str(parent / c) for c in close)}?)" if close else ""
+    names = {p.name.lower(): p.name for p in parent.iterdir() if not p.name.startswith(".")}
+    close = difflib.get_close_matches(path.name.lower(), list(names), n=3, cutoff=0.6)
+    return f" (did you mean: {', '.join(str(parent / names[c]) for c in close)}?)" if close else ""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -250,7 +256,7 @@ class SegDataset(Dataset):
         """The folder holding the dataset: ``root`` itself or one of ``root_candidates`` inside it."""
         if not root.is_dir():
             raise DatasetNotFoundError(
-                f"{self.name} root {root} does not exist{_close_matches(root)}; expected layout:\n{self.layout}"
+                f"{self.name} root {root} does not exist{close_matches(root)}; expected layout:\n{self.layout}"
             )
         for cand in self.root_candidates:
             base = root / cand if cand else root
@@ -275,7 +281,7 @@ class SegDataset(Dataset):
     def require_dir(self, folder: Path) -> Path:
         if not folder.is_dir():
             raise DatasetNotFoundError(
-                f"{self.name} split {self.split!r}: folder {folder} does not exist{_close_matches(folder)}; "
+                f"{self.name} split {self.split!r}: folder {folder} does not exist{close_matches(folder)}; "
                 f"expected layout:\n{self.layout}"
             )
         return folder
@@ -305,12 +311,16 @@ class SegDataset(Dataset):
             raw = lut_mask(raw, np.arange(256, dtype=np.uint8), mask_path)
         return raw
 
+    def read_raw_mask(self, path: Path) -> np.ndarray:
+        """The stored values of a mask file (see :func:`read_mask`), before the label rule."""
+        return read_mask(path)
+
     def load_mask(self, i: int) -> np.ndarray | None:
         """Mask ``i`` with the label rule applied, or None for an unlabelled split."""
         mask_path = self.files[i][1]
         if mask_path is None:
             return None
-        return self.convert_mask(read_mask(mask_path), mask_path)
+        return self.convert_mask(self.read_raw_mask(mask_path), mask_path)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Decoded pair ``i``: image uint8 (H, W, 3) RGB and mask uint8 (H, W) (label rule applied)."""

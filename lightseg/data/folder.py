@@ -1,120 +1,61 @@
-"""A user's own data: images + masks in the folder layouts people already have, detected on disk.
+"""A user's own data: images + masks in the folder layouts people and labelling tools write.
 
-Layouts (the first that matches the root wins; :data:`LAYOUTS` is what every layout error prints):
+The layout is detected on disk (:mod:`lightseg.data.layouts`: ``images/`` + ``masks/`` in their
+variants, Pascal VOC as CVAT and labelme2voc write it, Kaggle's ``train/`` + ``train_labels/``,
+masks beside their images as Roboflow writes them, Supervisely's ``<dataset>/img`` +
+``masks_machine``); a layout without a validation split holds one out (``val_fraction``, seeded by
+``split_seed``), and :attr:`FolderDataset.split_record` says which names went where.
 
-- ``images/<split>/`` + ``masks/<split>/`` — one sub-folder per split;
-- ``<split>/images/`` + ``<split>/masks/`` — one folder per split;
-- flat ``images/`` + ``masks/`` with ``<split>.txt`` files listing stems;
-- flat ``images/`` + ``masks/`` alone: ``val`` is a seeded random ``val_fraction`` (default 10%) of
-  the pairs, ``train`` the rest, ``all`` everything; :attr:`FolderDataset.split_record` says which
-  stems went where, and a training run writes it to its directory.
+Masks hold class ids (8-bit grey or palette PNGs, whose stored indices are the labels) or colours
+(RGB PNGs painted in the colours of a colour table, mapped to ids by exact colour). The class table
+comes from ``classes`` (a list or a file), else the first class file found in the dataset folder
+(:data:`lightseg.data.classes.CLASS_FILES`: ``classes.txt``, ``class_dict.csv``, ``labelmap.txt``,
+Roboflow's ``_classes.csv`` …); without any, the count is inferred from the masks (largest value + 1)
+with a warning. Colours come from ``palette`` (a list or a file), else ``palette.txt``, else the
+class file, else the palette of palette-mode masks; they become the model's palette.
 
-An image and its mask pair up by stem (``a.jpg`` with ``a.png``; ``mask_suffix`` such as
-``_mask.png`` is stripped from mask names). Masks hold class ids: 8-bit grey or palette (P-mode)
-PNGs, whose stored indices are the labels. Classes come from ``classes`` (a list or a file), else
-the root's ``classes.txt`` (one name per line), ``classes.json`` or ``classes.yaml`` (a list of
-names, of ``{name, color}``, or ``{classes: [...], palette: [...]}``); without any, the count is
-inferred from the masks (largest value + 1) with a warning. ``palette.txt`` (``r g b`` per line)
-is optional. ``ignore_index`` is the value in *your* files that marks ignored pixels (mapped to
-255); ``reduce_zero_label`` maps 0 to ignore and k to k-1 after it.
+``ignore_index`` marks ignored pixels (mapped to 255): a value of your mask files, or a class name
+of the table (``Void``). A class the table names is taken out of the class list, and the ids after
+it move down by one. ``reduce_zero_label`` maps 0 to ignore and k to k-1 after that.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from PIL import Image
 
 from lightseg.data.base import (
     IGNORE_INDEX,
-    IMAGE_SUFFIXES,
     DataError,
-    DatasetNotFoundError,
     Scan,
     SegDataset,
     SplitNotFoundError,
-    list_files,
-    lut_mask,
     match_pairs,
     read_mask,
     reduce_zero_label,
 )
+from lightseg.data.classes import (
+    ClassTable,
+    ColourLookup,
+    describe_colours,
+    find_class_file,
+    read_class_file,
+    read_palette,
+)
+from lightseg.data.layouts import LAYOUTS, Layout, Subset, find_layout, image_files, mask_files, stem_of
 
-MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 log = logging.getLogger(__name__)
-CLASS_FILES = ("classes.txt", "classes.json", "classes.yaml", "classes.yml")
-
-LAYOUTS = """\
-  <root>/images/<split>/<name>.jpg|png|...   <root>/masks/<split>/<name>.png   (a sub-folder per split)
-  <root>/<split>/images/<name>.*            <root>/<split>/masks/<name>.png   (a folder per split)
-  <root>/images/<name>.*   <root>/masks/<name>.png   <root>/<split>.txt listing names  (split lists)
-  <root>/images/<name>.*   <root>/masks/<name>.png   (flat: a seeded 10% becomes 'val', the rest 'train')
-  plus <root>/classes.txt (one name per line; line k names mask value k), classes.json or classes.yaml,
-  or --data.classes; masks are single-channel PNGs (grey or palette) holding class ids"""
-
-
-def _read_list(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def _default_palette(n: int) -> list[tuple[int, int, int]]:
-    from lightseg.meta import default_palette
-
-    return [tuple(int(v) for v in c) for c in default_palette(n)]  # type: ignore[misc]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Layout detection
-
-
-def detect_layout(root: Path) -> tuple[str, list[str]]:
-    """``(layout, splits on disk)`` of a folder dataset root; a root that fits none lists all four."""
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"folder dataset root {root} does not exist; accepted layouts:\n{LAYOUTS}")
-    images, masks = root / "images", root / "masks"
-    if images.is_dir():
-        subdirs = sorted(p.name for p in images.iterdir() if p.is_dir() and (masks / p.name).is_dir())
-        if subdirs:
-            return "images/<split>", subdirs
-        lists = sorted(p.stem for p in root.glob("*.txt") if p.name not in ("classes.txt", "palette.txt"))
-        if masks.is_dir() and lists:
-            return "split lists", [*lists, "all"]
-        if masks.is_dir():
-            return "flat", ["train", "val", "all"]
-    per_split = sorted(p.name for p in root.iterdir() if (p / "images").is_dir() and (p / "masks").is_dir())
-    if per_split:
-        return "<split>/images", per_split
-    found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:12]
-    raise DatasetNotFoundError(
-        f"{root} holds no folder dataset (found: {', '.join(found) or 'nothing'}); accepted layouts:\n{LAYOUTS}"
-    )
-
-
-def _split_dirs(root: Path, layout: str, split: str) -> tuple[Path, Path]:
-    if layout == "images/<split>":
-        return root / "images" / split, root / "masks" / split
-    if layout == "<split>/images":
-        return root / split / "images", root / split / "masks"
-    return root / "images", root / "masks"
-
-
-def _index_by_stem(files: list[Path], strip: Sequence[str], what: str) -> dict[str, Path]:
-    """``{stem: path}``; two files with one stem (``a.jpg`` and ``a.png``) are ambiguous."""
-    out: dict[str, Path] = {}
-    for p in files:
-        low = p.name.lower()
-        suffix = next((s for s in strip if low.endswith(s.lower())), p.suffix)
-        stem = p.name[: len(p.name) - len(suffix)]
-        if stem in out:
-            raise DataError(f"two {what} files share the name {stem!r}: {out[stem]} and {p}; keep one")
-        out[stem] = p
-    return out
+COLOUR_TABLE_HINT = (
+    "give the colour of each class: class_dict.csv (name,r,g,b per row), classes.json "
+    "([{name: road, color: [128, 64, 128]}, ...]), labelmap.txt (CVAT: name:r,g,b::) in the dataset "
+    'folder, or --data.palette "[[r,g,b], ...]" in class order'
+)
 
 
 def holdout_split(stems: list[str], fraction: float, seed: int) -> list[str]:
@@ -126,47 +67,21 @@ def holdout_split(stems: list[str], fraction: float, seed: int) -> list[str]:
     return sorted(stems[i] for i in order[:n_val])
 
 
-# ----------------------------------------------------------------------------------------------------
-# Classes
+def _default_palette(n: int) -> list[tuple[int, int, int]]:
+    from lightseg.meta import default_palette
+
+    return [tuple(int(v) for v in c) for c in default_palette(n)]  # type: ignore[misc]
 
 
-def load_class_file(path: Path) -> tuple[list[str], list[tuple[int, int, int]] | None]:
-    """Names (and colours when given) from a .txt, .json or .yaml class file."""
-    if not path.is_file():
-        raise DataError(f"class file {path} not found")
-    if path.suffix == ".txt":
-        return _read_list(path), None
-    try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (ValueError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: cannot parse the class file ({e})") from e
-    return _classes_from_data(data, path)
-
-
-def _classes_from_data(data: Any, path: Path) -> tuple[list[str], list[tuple[int, int, int]] | None]:
-    palette = None
-    if isinstance(data, dict) and "classes" in data:
-        palette = data.get("palette")
-        data = data["classes"]
-    elif isinstance(data, dict):  # {name: [r, g, b]}
-        data = [{"name": k, "color": v} for k, v in data.items()]
-    if not isinstance(data, list):
-        raise DataError(
-            f"{path}: expected a list of names, of {{name, color}}, or {{classes: [...], palette: [...]}}"
-        )
-    names = []
-    colours = []
-    for item in data:
-        if isinstance(item, dict):
-            names.append(str(item.get("name", "")))
-            colours.append(item.get("color", item.get("colour")))
-        else:
-            names.append(str(item))
-    if palette is None and colours and all(c is not None for c in colours):
-        palette = colours
-    if palette is not None:
-        palette = [tuple(int(v) for v in c) for c in palette]
-    return names, palette
+def _by_stem(files: list[Path], suffixes: Sequence[str], what: str) -> dict[str, Path]:
+    """``{stem: path}``; two files with one stem (``a.jpg`` and ``a.png``) are ambiguous."""
+    out: dict[str, Path] = {}
+    for p in files:
+        stem = stem_of(p, suffixes)
+        if stem in out:
+            raise DataError(f"two {what} files share the name {stem!r}: {out[stem]} and {p}; keep one")
+        out[stem] = p
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -174,7 +89,10 @@ def _max_label(mask_paths: tuple[Path, ...], lut_key: bytes, reduce: bool) -> in
     lut = np.frombuffer(lut_key, dtype=np.uint8)
     top = -1
     for p in mask_paths:
-        m = lut_mask(read_mask(p), lut, p)
+        raw = read_mask(p)
+        if raw.dtype != np.uint8 and raw.size and raw.max() > 255:
+            raise DataError(f"{p}: mask values {int(raw.min())}..{int(raw.max())} outside 0..255")
+        m = lut[raw.astype(np.uint8)]
         if reduce:
             m = reduce_zero_label(m)
         values = np.unique(m)
@@ -185,7 +103,7 @@ def _max_label(mask_paths: tuple[Path, ...], lut_key: bytes, reduce: bool) -> in
 
 
 class FolderDataset(SegDataset):
-    """Your own images + masks in any of :data:`LAYOUTS`."""
+    """Your own images + masks in any of :data:`~lightseg.data.layouts.LAYOUTS`."""
 
     name = "folder"
     layout = LAYOUTS
@@ -199,127 +117,281 @@ class FolderDataset(SegDataset):
         strict: bool = True,
         classes: Sequence[str] | str | Path | None = None,
         palette: Sequence[Sequence[int]] | str | Path | None = None,
-        ignore_index: int = IGNORE_INDEX,
+        ignore_index: int | str = IGNORE_INDEX,
         reduce_zero_label: bool = False,
         mask_suffix: str | None = None,
         val_fraction: float = 0.1,
         split_seed: int = 0,
     ) -> None:
-        root_path = Path(root).expanduser()
-        self.detected_layout, self.available_splits = detect_layout(root_path)
-        self.file_ignore_index = int(ignore_index)
+        given_root = Path(root).expanduser()
+        self.found: Layout = find_layout(given_root, mask_suffix)
+        self.detected_layout, self.available_splits = self.found.kind, self.found.splits
         self.reduce_zero_label = reduce_zero_label
-        self.mask_suffixes = (mask_suffix,) if mask_suffix else MASK_SUFFIXES
         self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
         self.split_record: dict[str, Any] | None = None
-        self._lut = np.arange(256, dtype=np.uint8)
-        if 0 <= self.file_ignore_index <= 255:
-            self._lut[self.file_ignore_index] = IGNORE_INDEX
-        names, colours = self._load_classes(root_path, classes)
-        self.classes = names if names is not None else self._infer_classes(root_path)
-        self.palette = self._load_palette(root_path, palette if palette is not None else colours)
-        super().__init__(root_path, split, transform, seed, strict)
+        self.pairing_hint: str | None = None
+        table = self._class_table(given_root, classes)
+        colours, colour_source = self._explicit_colours(palette, table)
+        self.colour_lookup = None if colours is None else ColourLookup(colours, colour_source)
+        if table is None and colours is not None:
+            table = ClassTable(tuple(str(i) for i in range(len(colours))), source=colour_source)
+            log.warning(
+                "warning: folder dataset at %s: no class names (classes.txt, class_dict.csv, ...); "
+                "%d classes from the colours of %s, named 0..%d",
+                self.found.root, len(colours), colour_source, len(colours) - 1,
+            )  # fmt: skip
+        table = self._build_luts(table, ignore_index)
+        if self.colour_lookup is None:
+            self._refuse_colour_masks()
+        if table is None:
+            self.classes = self._infer_classes()
+        else:
+            self.classes = list(table.names)
+        self.palette = self._palette(table, colours)
+        super().__init__(self.found.root, split, transform, seed, strict)
 
     def resolve_root(self, root: Path) -> Path:
-        return root  # detect_layout has checked it
+        return root  # find_layout has checked it
 
     def resolve_split(self, split: str) -> str:
         if split not in self.available_splits:
             raise SplitNotFoundError(
-                f"folder dataset at {self.root} ({self.detected_layout} layout): no split {split!r}; "
-                f"splits here: {', '.join(self.available_splits)}. Accepted layouts:\n{LAYOUTS}"
+                f"folder dataset ({self.found.describe()}): no split {split!r}; splits here: "
+                f"{', '.join(self.available_splits)}. Accepted layouts:\n{LAYOUTS}"
             )
         return split
 
-    # --- classes -----------------------------------------------------------------------------------
-    @staticmethod
-    def _load_classes(
-        root: Path, classes: Sequence[str] | str | Path | None
-    ) -> tuple[list[str] | None, list[tuple[int, int, int]] | None]:
-        colours = None
+    # --- classes and colours -----------------------------------------------------------------------
+    def _class_table(self, given_root: Path, classes: Sequence[str] | str | Path | None) -> ClassTable | None:
         if isinstance(classes, (str, Path)):
-            names, colours = load_class_file(Path(classes).expanduser())
-        elif classes is not None:
-            names = [str(c) for c in classes]
-        else:
-            found = next((root / f for f in CLASS_FILES if (root / f).is_file()), None)
-            if found is None:
-                return None, None
-            names, colours = load_class_file(found)
-        if not names:
-            raise DataError(f"folder dataset at {root}: the class list is empty")
-        return names, colours
+            return read_class_file(Path(classes).expanduser())
+        if classes is not None:
+            return ClassTable(tuple(str(c) for c in classes), source="--data.classes")
+        folders = [self.found.root, given_root, *dict.fromkeys(s.images for s in self.found.subsets.values())]
+        found = find_class_file(folders)
+        return None if found is None else read_class_file(found)
 
-    def _infer_classes(self, root: Path) -> list[str]:
-        masks = []
-        for split in self.available_splits:
-            if split != "all":
-                masks += list_files(_split_dirs(root, self.detected_layout, split)[1], self.mask_suffixes)
-        top = _max_label(tuple(sorted(set(masks))), self._lut.tobytes(), self.reduce_zero_label)
+    def _explicit_colours(
+        self, palette: Any, table: ClassTable | None
+    ) -> tuple[tuple[tuple[int, int, int], ...] | None, str]:
+        """The colour table: ``palette``, else ``palette.txt``, else the class file's colours."""
+        if palette is None and (self.found.root / "palette.txt").is_file():
+            palette = self.found.root / "palette.txt"
+        if palette is not None:
+            colours = read_palette(palette)
+            if table is not None and len(colours) != len(table.names):
+                raise DataError(
+                    f"folder dataset at {self.found.root}: the palette needs {len(table.names)} RGB triples "
+                    f"0..255 (one per class of {table.source}), got {len(colours)}"
+                )
+            return colours, str(palette) if isinstance(palette, (str, Path)) else "--data.palette"
+        if table is not None and table.colours is not None:
+            return table.colours, table.source
+        return None, ""
+
+    def _build_luts(self, table: ClassTable | None, ignore_index: int | str) -> ClassTable | None:
+        """``_value_to_pos`` (mask value -> row of the table, -1 unknown) and ``_pos_to_id`` (row ->
+        class id, 255 ignore); returns the table without the ignored class."""
+        self._value_to_pos = np.arange(256, dtype=np.int16)
+        self._pos_to_id = np.arange(256, dtype=np.uint8)
+        self._sparse_values = False
+        ignored: int | None = None
+        if isinstance(ignore_index, str):
+            if table is None or ignore_index not in table.names:
+                names = ", ".join(table.names) if table else "none (no class file)"
+                raise DataError(f"ignore_index {ignore_index!r} is not a class name; the classes: {names}")
+            ignored = table.names.index(ignore_index)
+        if table is not None:
+            values = table.value_of
+            if values != list(range(len(values))):
+                self._sparse_values = True
+                self._value_to_pos[:] = -1
+                self._value_to_pos[values] = np.arange(len(values))
+                self._value_to_pos[IGNORE_INDEX] = IGNORE_INDEX
+            if ignored is None and int(ignore_index) in values:
+                ignored = values.index(int(ignore_index))
+        if ignored is None and isinstance(ignore_index, int) and 0 <= ignore_index <= 255:
+            self._value_to_pos[ignore_index] = IGNORE_INDEX  # a value that names no class
+        if ignored is not None and table is not None:
+            n = len(table.names)
+            self._pos_to_id[ignored] = IGNORE_INDEX
+            self._pos_to_id[ignored + 1 : n] -= 1
+            return table.without(ignored)
+        return table
+
+    def _infer_classes(self) -> list[str]:
+        masks = [m for s in self.found.subsets.values() for m in mask_files(s.masks, self.found)]
+        lut = self._pos_to_id[np.clip(self._value_to_pos, 0, 255)].astype(np.uint8)
+        top = _max_label(tuple(sorted(set(masks))), lut.tobytes(), self.reduce_zero_label)
         if top < 0:
-            raise DataError(f"folder dataset at {root}: no class file and no labelled mask pixels to count")
+            raise DataError(
+                f"folder dataset at {self.found.root}: no class file and the masks hold no labelled "
+                "pixels; write classes.txt (one name per line) or check the masks"
+            )
         log.warning(
-            "warning: folder dataset at %s: no class file (%s) nor --data.classes; %d classes inferred "
-            "from the masks (largest value %d), named 0..%d. A class that appears in no mask is missed "
-            "this way, and if %d marks unlabelled pixels add --data.ignore_index %d: write classes.txt "
-            "to be sure.",
-            root, ", ".join(CLASS_FILES), top + 1, top, top, top, top,
+            "warning: folder dataset at %s: no class file (classes.txt, class_dict.csv, labelmap.txt, ...) "
+            "nor --data.classes; %d classes inferred from the masks (largest value %d), named 0..%d. A class "
+            "that appears in no mask is missed this way, and if %d marks unlabelled pixels add "
+            "--data.ignore_index %d: write classes.txt to be sure.",
+            self.found.root, top + 1, top, top, top, top,
         )  # fmt: skip
         return [str(i) for i in range(top + 1)]
 
-    def _load_palette(self, root: Path, palette: Any) -> list[tuple[int, int, int]]:
+    def _palette(self, table: ClassTable | None, colours: Any) -> list[tuple[int, int, int]]:
+        """Explicit colours (the ignored class left out), else the masks' own palette, else fixed
+        pseudo-random colours."""
         n = len(self.classes)
-        if palette is None and (root / "palette.txt").is_file():
-            palette = root / "palette.txt"
-        if palette is None:
+        if colours is not None:
+            keep = [p for p in range(len(colours)) if self._pos_to_id[p] != IGNORE_INDEX]
+            return [tuple(int(v) for v in colours[p]) for p in keep]  # type: ignore[misc]
+        own = self._mask_palette()
+        if own is None:
             return _default_palette(n)
-        if isinstance(palette, (str, Path)):
-            palette = [
-                tuple(int(v) for v in ln.replace(",", " ").split()) for ln in _read_list(Path(palette))
-            ]
-        pal = [tuple(int(v) for v in c) for c in palette]
-        if len(pal) != n or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in pal):
-            raise DataError(
-                f"folder dataset at {root}: the palette needs {n} RGB triples 0..255 (one per class), "
-                f"got {len(pal)}"
-            )
-        return pal  # type: ignore[return-value]
+        values = table.value_of if table is not None else list(range(256))
+        rows = [p for p in range(len(values)) if self._pos_to_id[p] != IGNORE_INDEX][:n]
+        return [own[values[p]] for p in rows]
+
+    def first_mask(self) -> Path | None:
+        return next((m for s in self.found.subsets.values() for m in mask_files(s.masks, self.found)), None)
+
+    def _mask_palette(self) -> list[tuple[int, int, int]] | None:
+        """The palette of palette-mode masks (read from the first mask), 256 colours."""
+        path = self.first_mask()
+        if path is None:
+            return None
+        try:
+            with Image.open(path) as im:
+                if im.mode != "P":
+                    return None
+                flat = (im.getpalette() or []) + [0] * 768
+        except (OSError, ValueError, SyntaxError):
+            return None  # the doctor and the loader name unreadable files
+        return [tuple(flat[3 * k : 3 * k + 3]) for k in range(256)]  # type: ignore[misc]
+
+    def _refuse_colour_masks(self) -> None:
+        """Colour masks without a colour table fail now, naming the colours they hold."""
+        path = self.first_mask()
+        if path is None:
+            return
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("RGB", "RGBA"):
+                    return
+                rgb = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError):
+            return
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+            return
+        held = ColourLookup([], "").unknown(rgb)
+        raise DataError(
+            f"the masks are colour images ({path} is {im.mode} with {len(held)} colours: "
+            f"{describe_colours(held, 8)}) and {self.found.root} has no colour table; {COLOUR_TABLE_HINT}"
+        )
 
     # --- pairs -------------------------------------------------------------------------------------
-    def scan(self) -> Scan:
-        img_dir, mask_dir = _split_dirs(self.root, self.detected_layout, self.split)
-        images = _index_by_stem(list_files(img_dir, IMAGE_SUFFIXES), IMAGE_SUFFIXES, "image")
-        masks = _index_by_stem(
-            list_files(mask_dir, self.mask_suffixes) if mask_dir.is_dir() else [], self.mask_suffixes, "mask"
+    def _index(self, subset: Subset) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+        """Images and masks of a subset by stem, restricted to its list when it has one (names the list
+        gives that match no file come third)."""
+        lay = self.found
+        images = _by_stem(image_files(subset.images, lay), [], "image")
+        masks = _by_stem(mask_files(subset.masks, lay), [lay.mask_suffix + e for e in lay.mask_exts], "mask")
+        if subset.names is None:
+            return images, masks, []
+        names = {ln.strip() for ln in subset.names.read_text().splitlines() if ln.strip()}
+        unknown = sorted(names - set(images) - set(masks))
+        return (
+            {k: p for k, p in images.items() if k in names},
+            {k: p for k, p in masks.items() if k in names},
+            unknown,
         )
-        if self.detected_layout == "split lists" and self.split != "all":
-            names = set(_read_list(self.root / f"{self.split}.txt"))
-            scan = match_pairs(
-                {k: p for k, p in images.items() if k in names},
-                {k: p for k, p in masks.items() if k in names},
+
+    def scan(self) -> Scan:
+        lay = self.found
+        subset = lay.subset_of(self.split)
+        if subset is not None:
+            images, masks, unknown = self._index(lay.subsets[subset])
+            scan = match_pairs(images, masks)
+            scan.missing_images += [lay.subsets[subset].images / f"{k}.*" for k in unknown]
+            return self._explain_no_pairs(scan, images, masks)
+        images, masks = {}, {}
+        for name in lay.holdout_from:  # several subsets: their stems are kept apart by the subset name
+            im, ma, _ = self._index(lay.subsets[name])
+            key = (lambda k, name=name: f"{name}/{k}") if len(lay.holdout_from) > 1 else (lambda k: k)
+            images.update({key(k): p for k, p in im.items()})
+            masks.update({key(k): p for k, p in ma.items()})
+        if self.split == "all":
+            return self._explain_no_pairs(match_pairs(images, masks), images, masks)
+        stems = sorted(set(images) & set(masks))
+        val = holdout_split(stems, self.val_fraction, self.split_seed)
+        self.split_record = {
+            "layout": lay.kind,
+            "held_out_of": list(lay.holdout_from),
+            "val_fraction": self.val_fraction,
+            "split_seed": self.split_seed,
+            "val": val,
+            "train": sorted(set(stems) - set(val)),
+        }
+        keep = set(val) if self.split == "val" else set(stems) - set(val)
+        scan = match_pairs({k: images[k] for k in keep}, {k: masks[k] for k in keep})
+        scan.missing_masks += [p for k, p in images.items() if k not in masks]
+        scan.missing_images += [p for k, p in masks.items() if k not in images]
+        return self._explain_no_pairs(scan, images, masks)
+
+    def _explain_no_pairs(self, scan: Scan, images: dict[str, Path], masks: dict[str, Path]) -> Scan:
+        """Images and masks whose names never match: say how they differ (a strict split stops here)."""
+        if scan.pairs or not images or not masks:
+            return scan
+        from lightseg.data.layouts import infer_mask_suffix
+
+        tail = infer_mask_suffix(set(images), masks)
+        fix = (
+            f'; their names differ by {tail!r}: --data.options "{{mask_suffix: {tail}}}"'
+            if tail
+            else '; name each mask like its image (a.jpg with a.png) or set --data.options "{mask_suffix: _mask}"'
+        )
+        self.pairing_hint = (
+            f"no image name matches a mask name (e.g. image {next(iter(images))!r}, mask {next(iter(masks))!r})"
+            + fix
+        )
+        return scan
+
+    def _check_scan(self, scan: Scan) -> None:
+        if self.pairing_hint and not scan.pairs:
+            raise DataError(
+                f"folder dataset split {self.split!r} ({self.found.describe()}): {self.pairing_hint}"
             )
-            unknown = sorted(names - set(images) - set(masks))
-            scan.missing_images += [img_dir / f"{k}.jpg" for k in unknown]
-            return scan
-        if self.detected_layout == "flat" and self.split != "all":
-            stems = sorted(set(images) & set(masks))
-            val = holdout_split(stems, self.val_fraction, self.split_seed)
-            self.split_record = {
-                "layout": "flat",
-                "val_fraction": self.val_fraction,
-                "split_seed": self.split_seed,
-                "val": val,
-                "train": sorted(set(stems) - set(val)),
-            }
-            keep = set(val) if self.split == "val" else set(stems) - set(val)
-            unpaired_images = {k: p for k, p in images.items() if k not in masks}
-            unpaired_masks = {k: p for k, p in masks.items() if k not in images}
-            scan = match_pairs({k: images[k] for k in keep}, {k: masks[k] for k in keep})
-            scan.missing_masks += list(unpaired_images.values())
-            scan.missing_images += list(unpaired_masks.values())
-            return scan
-        return match_pairs(images, masks)
+        super()._check_scan(scan)
+
+    # --- labels ------------------------------------------------------------------------------------
+    def read_raw_mask(self, path: Path) -> np.ndarray:
+        return read_mask(path, colour=self.colour_lookup is not None)
 
     def convert_mask(self, raw: np.ndarray, mask_path: Path) -> np.ndarray:
-        mask = lut_mask(raw, self._lut, mask_path)
+        pos = self._colour_rows(raw, mask_path) if raw.ndim == 3 else self._value_rows(raw, mask_path)
+        mask = self._pos_to_id[pos]
         return reduce_zero_label(mask) if self.reduce_zero_label else mask
+
+    def _value_rows(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        if raw.dtype != np.uint8:
+            if raw.size and (raw.min() < 0 or raw.max() > 255):
+                raise DataError(f"{path}: mask values {int(raw.min())}..{int(raw.max())} outside 0..255")
+            raw = raw.astype(np.uint8)
+        rows = self._value_to_pos[raw]
+        if self._sparse_values and (rows < 0).any():
+            values = np.unique(raw[rows < 0])
+            shown = ", ".join(str(int(v)) for v in values[:10])
+            raise DataError(
+                f"{path}: mask values {shown} are not in the class table (its values: "
+                f"{', '.join(str(int(v)) for v in np.flatnonzero(self._value_to_pos >= 0) if v != 255)})"
+            )
+        return rows.astype(np.uint8)
+
+    def _colour_rows(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+        assert self.colour_lookup is not None
+        try:
+            return self.colour_lookup(rgb, path)
+        except DataError:
+            if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+                # class ids stored as grey RGB (a table that has colours, masks that do not use them)
+                return self._value_rows(np.ascontiguousarray(rgb[..., 0]), path)
+            raise

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightseg.config import Config, save_config
 from lightseg.data.base import set_max_image_pixels
-from lightseg.errors import DataError, DivergenceError, OutOfMemoryError
+from lightseg.errors import DataError, DivergenceError, LightsegError, OutOfMemoryError
 from lightseg.evaluation import build_eval_dataset, eval_transform, evaluate
 from lightseg.meta import IGNORE_INDEX
 from lightseg.metrics import format_table
@@ -64,6 +64,8 @@ from lightseg.training.tensorboard import EvalSummaries
 
 # The loss, a gradient or the saved state became NaN/inf; the message names the last finite checkpoint.
 TrainingDiverged = DivergenceError
+# The advice of every error the run can recover from (a work directory chosen here is added to it).
+RERUN = "run the same command again"
 
 
 def train(
@@ -82,6 +84,32 @@ def train(
     info, device = init_distributed(cfg.run.device)
     work_dir, dir_note = preflight.resolve_work_dir(cfg, info)
     cfg.run.work_dir = str(work_dir)
+    with _advice_names_run_dir(work_dir, chosen_here=dir_note is not None):
+        return _train(cfg, info, device, work_dir, dir_note, model, train_set, val_set)
+
+
+@contextlib.contextmanager
+def _advice_names_run_dir(work_dir: Path, chosen_here: bool):
+    """The same command again makes a new run beside a run directory chosen here, so an error's
+    advice to run it again names the directory (``--run.work_dir``) to continue this one."""
+    try:
+        yield
+    except LightsegError as e:
+        if chosen_here and RERUN in str(e):
+            e.args = (str(e).replace(RERUN, f"{RERUN} with --run.work_dir {work_dir}"),)
+        raise
+
+
+def _train(
+    cfg: Config,
+    info: DistInfo,
+    device: torch.device,
+    work_dir: Path,
+    dir_note: str | None,
+    model: nn.Module | None,
+    train_set: Dataset | None,
+    val_set: Dataset | None,
+) -> dict[str, Any]:
     set_max_image_pixels(cfg.data.max_image_pixels)
     seed_everything(cfg.run.seed + info.rank)
     # Every split the run uses is opened (and checked) before anything is written or trained.
@@ -89,14 +117,17 @@ def train(
 
     ckpt, resume_from, notes = load_resume(cfg, work_dir, info)
     changes = check_same_run(ckpt["config"], cfg, ckpt["iteration"], resume_from) if ckpt else {}
+    complete = bool(ckpt) and _is_complete(cfg, ckpt, val_set, work_dir)
+    if not complete:
+        model = _model_for_run(cfg, model, train_set, ckpt, resume_from, notes)
     log = RunLog(work_dir, info, cfg.run.tensorboard, start=ckpt["iteration"] if ckpt else 0)
     with log.closed_on_error():
         for note in [dir_note, *notes]:
             if note:
                 log.info(note)
-        if ckpt and _is_complete(cfg, ckpt, val_set, work_dir):
+        if complete:
             return already_complete(ckpt, resume_from, work_dir, log)  # else the final evaluation is due
-        ctx = _build(cfg, info, device, work_dir, log, model, train_set, ckpt, resume_from)
+        ctx = _build(cfg, info, device, work_dir, log, model, train_set)
         state, saved_rng = _resume_into(ctx, ckpt, resume_from, changes)
         step_model, batch_iter = _step_and_batches(ctx, train_set, state, saved_rng)
         val_set = _loop(ctx, state, step_model, batch_iter, val_set)
@@ -123,25 +154,36 @@ def _is_complete(cfg: Config, ckpt: dict, val_set: Dataset | None, work_dir: Pat
     return ckpt["iteration"] == cfg.train.iters and (not evaluates or (work_dir / FINAL_METRICS).is_file())
 
 
+def _model_for_run(
+    cfg: Config,
+    model: nn.Module | None,
+    train_set: Dataset,
+    ckpt: dict | None,
+    resume_from: Path | None,
+    notes: list[str],
+) -> nn.Module:
+    """The run's model, built (its ImageNet weights fetched) before the run directory is made, so
+    that a run which cannot start leaves no folder behind; its weights note joins ``notes``."""
+    num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
+    if ckpt:
+        check_resumed_classes(ckpt, num_classes, resume_from)
+    if model is None:
+        model, weights_note = components.model_from_config(cfg, num_classes)
+        notes.append(weights_note)
+    return model
+
+
 def _build(
     cfg: Config,
     info: DistInfo,
     device: torch.device,
     work_dir: Path,
     log: RunLog,
-    model: nn.Module | None,
+    model: nn.Module,
     train_set: Dataset,
-    ckpt: dict | None,
-    resume_from: Path | None,
 ) -> RunContext:
-    """The model (placed on its device), loss, optimizer, schedule, scaler and EMA of the run."""
-    num_classes = int(getattr(train_set, "num_classes", 0) or getattr(model, "num_classes", 0))
+    """The model placed on its device, the loss, optimizer, schedule, scaler and EMA of the run."""
     ignore_index = int(getattr(train_set, "ignore_index", IGNORE_INDEX))
-    if ckpt:
-        check_resumed_classes(ckpt, num_classes, resume_from)
-    if model is None:
-        model, weights_note = components.model_from_config(cfg, num_classes)
-        log.info(weights_note)
     preflight.record_split(train_set, work_dir, info.is_main)
     components.record_data_facts(model, train_set, cfg)
     if cfg.train.channels_last:
