@@ -306,12 +306,12 @@ def test_segmenter_decides_on_its_first_image_and_says_what_and_why(monkeypatch)
     stubs = Stubs({"onnxruntime fp32": 70.6, "openvino fp32": 75.4, "openvino bf16": 38.0})
     monkeypatch.setattr(auto_runners, "build_path", stubs.build)
     monkeypatch.setattr(autoselect, "_wall_clock", stubs.timer)
-    seg = Segmenter(model())
+    seg = Segmenter(model(), scale="native")
     assert (seg.runtime, seg.precision) == (None, None) and "first input" in seg.why
     image = np.random.default_rng(0).integers(0, 256, (60, 70, 3), dtype=np.uint8)
     labels = seg(image)
     assert (seg.runtime, seg.precision) == ("openvino", "bf16") and "38.0 ms" in seg.why
-    assert np.array_equal(labels, Segmenter(model(), runtime="torch", optimize="none")(image))
+    assert np.array_equal(labels, Segmenter(model(), runtime="torch", optimize="none", scale="native")(image))
     assert set(seg.runner.decisions) == {(64, 72)}  # the padded size
     seg(np.zeros((100, 70, 3), np.uint8))
     assert set(seg.runner.decisions) == {(64, 72), (104, 72)}
@@ -320,7 +320,7 @@ def test_segmenter_decides_on_its_first_image_and_says_what_and_why(monkeypatch)
 def test_the_real_paths_run_and_agree_on_a_tiny_model(monkeypatch):
     """No stubs: the paths installed here are exported, built, checked and timed."""
     monkeypatch.setattr(autoselect, "candidates", REAL_CANDIDATES)
-    seg = Segmenter(model())
+    seg = Segmenter(model(), scale="native")
     seg.runner.say = lambda text: None
     seg(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     decision = seg.runner.decisions[(64, 64)]
@@ -440,13 +440,24 @@ def test_predict_says_what_was_chosen_and_why(stubbed, checkpoint, tmp_path, cap
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(
         tmp_path / "a.png"
     )
-    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
+    argv = [
+        "predict",
+        str(checkpoint),
+        str(tmp_path / "a.png"),
+        "--out",
+        str(tmp_path / "o"),
+        "--scale",
+        "native",
+    ]
+    assert main(argv) == 0
     captured = capsys.readouterr()
     assert "lightseg: choosing the fastest of 3 paths for cgrseg_t at 64x64" in captured.err
     assert "(cgrseg_t on openvino bf16: measured fastest of 3 paths on this machine at 64x64" in captured.out
-    assert main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
+    assert main(argv) == 0
     again = capsys.readouterr()
-    assert "choosing" not in again.err and "; measured " in again.out and ", cached)" in again.out
+    assert (
+        "choosing" not in again.err and "; measured " in again.out and ", cached, scale native" in again.out
+    )
 
 
 def test_bench_auto_prints_the_table_behind_the_choice(stubbed, checkpoint, capsys):

@@ -31,6 +31,7 @@ from lightseg import (  # noqa: E402
     load_checkpoint,
     save_weights,
 )
+from lightseg.deploy.memory import describe, parse_size  # noqa: E402
 from lightseg.models import create_model  # noqa: E402
 from lightseg.serve import Limits, create_app, load_backend  # noqa: E402
 from lightseg.serve.batcher import Batcher  # noqa: E402
@@ -205,7 +206,7 @@ def test_serve_runs_the_measured_default_path_and_reports_it(tmp_path, monkeypat
     monkeypatch.setattr(autoselect, "_wall_clock", lambda c, call: ms.get(c.label, 50.0) / 1e3)
     torch.manual_seed(0)
     model = helpers.TinySeg(num_classes=3)
-    backend = load_backend(model)
+    backend = load_backend(model, scale="native")  # the image as it is: the path, not the scale, is tested
     assert backend.workers == serve_streams() and backend.info.runtime is None
     image = np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     with serving(create_app(backend, LIMITS)) as base, httpx.Client(base_url=base, timeout=120) as client:
@@ -217,7 +218,7 @@ def test_serve_runs_the_measured_default_path_and_reports_it(tmp_path, monkeypat
     want = min((c for c in autoselect.candidates()), key=lambda c: ms.get(c.label, 50.0))
     assert (after["runtime"], after["precision"]) == (want.runtime, want.precision)
     assert f"{ms[want.label]:.1f} ms" in after["why"] and after["workers"] == backend.workers
-    reference = Segmenter(model, runtime=want.runtime, precision=want.precision)(image)
+    reference = Segmenter(model, runtime=want.runtime, precision=want.precision, scale="native")(image)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), reference)
 
 
@@ -479,5 +480,9 @@ def test_an_upload_over_the_memory_budget_is_a_413_naming_the_budget(checkpoint)
     ):
         r = c.post("/v1/segment", content=encode(np.zeros((2048, 2048, 3), np.uint8)))
         assert r.status_code == 413 and r.json()["error"] == "over_memory_budget"
-        assert "the memory budget is 300 MB" in r.json()["message"]
+        message, share = r.json()["message"], describe(parse_size("300M") // backend.workers)
+        assert f"the memory budget is {share}" in message
+        assert (
+            backend.workers == 1 or f"a share of the service's 300 MB ({backend.workers} inference" in message
+        )
         assert c.post("/v1/segment", content=encode(np.zeros((64, 64, 3), np.uint8))).status_code == 200

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -100,16 +101,20 @@ class PassCost:
 
 
 def pass_cost(model_name: str, runtime: str | None) -> PassCost:
-    """The measured cost of ``model_name`` on ``runtime`` (torch for a runtime not measured); with
-    ``runtime`` ``None`` (chosen by measurement later) the largest of the model's runtimes."""
+    """The measured cost of ``model_name`` on ``runtime`` (torch for a runtime not measured). With
+    ``runtime`` ``None`` (chosen by measurement later) the largest of the model's runtimes; for a
+    model not in the table the largest of every model measured on that runtime."""
     table = _table()
+    measured = runtime is None or any(runtime in runtimes for runtimes in table.values())
+    runtime = runtime if measured else "torch"
     entry = table.get(model_name, {})
-    if runtime is None and entry:
-        return PassCost(
-            max(r["per_pixel"] for r in entry.values()), max(r["per_pixel2"] for r in entry.values()), True
-        )
-    rec = entry.get(runtime) or entry.get("torch")
-    if rec is not None:
-        return PassCost(rec["per_pixel"], rec["per_pixel2"], True)
-    every = [r for runtimes in table.values() for r in runtimes.values()]
-    return PassCost(max(r["per_pixel"] for r in every), max(r["per_pixel2"] for r in every), False)
+    if runtime in entry:
+        return PassCost(entry[runtime]["per_pixel"], entry[runtime]["per_pixel2"], True)
+    if entry:
+        return _largest(entry.values(), True) if runtime is None else _largest([entry["torch"]], True)
+    return _largest([r for rs in table.values() for rt, r in rs.items() if runtime in (None, rt)], False)
+
+
+def _largest(records: Iterable[dict[str, float]], known: bool) -> PassCost:
+    records = list(records)
+    return PassCost(max(r["per_pixel"] for r in records), max(r["per_pixel2"] for r in records), known)

@@ -21,10 +21,10 @@ from torch import nn
 
 from lightseg.deploy.cpu import available_cores, serve_streams
 from lightseg.deploy.formats import is_exported
-from lightseg.deploy.memory import SERVE_BUDGET, parse_size
+from lightseg.deploy.memory import SERVE_BUDGET, describe, parse_size
 from lightseg.deploy.options import RunnerOptions
 from lightseg.deploy.segmenter import Segmenter
-from lightseg.errors import ConfigError, WeightsNotFoundError
+from lightseg.errors import ConfigError, MemoryBudgetError, WeightsNotFoundError
 from lightseg.inference import torch_threads
 
 # The server's batcher decides batch sizes; the segmenter splits a batch only where its memory
@@ -88,7 +88,15 @@ class Backend:
     def admit(self, height: int, width: int) -> None:
         """Refuse, before it waits for the worker, an image the model cannot see at its scale or
         whose pass would not fit the memory budget (an InputError saying which)."""
-        self.segmenter.plan(1, height, width)
+        try:
+            self.segmenter.plan(1, height, width)
+        except MemoryBudgetError as e:
+            if self.workers == 1:
+                raise
+            service = describe(self.info.max_memory)
+            raise MemoryBudgetError(
+                f"{e}; it is a share of the service's {service} ({self.workers} inference workers)"
+            ) from None
 
 
 def load_backend(
