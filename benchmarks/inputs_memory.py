@@ -110,6 +110,13 @@ def predict_part(ckpt: Path, inputs: dict[str, Path], runtime: str, folder: Path
     return rows
 
 
+def _memory_mb(pid: int) -> dict[str, float]:
+    """Resident and peak resident MiB of a process (VmRSS, VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    field = {k: int(re.search(rf"{k}:\s+(\d+)", status).group(1)) / 1024 for k in ("VmRSS", "VmHWM")}
+    return {"rss": round(field["VmRSS"], 1), "peak": round(field["VmHWM"], 1)}
+
+
 def serve_part(ckpt: Path, upload: Path, runtime: str, clients: int, requests: int) -> dict:
     import httpx
 
@@ -132,6 +139,9 @@ def serve_part(ckpt: Path, upload: Path, runtime: str, clients: int, requests: i
         body = upload.read_bytes()
         with httpx.Client(base_url=base, timeout=600) as c:  # warm-up: the first-call export
             c.post("/v1/segment", content=body)
+        warm = _memory_mb(server.pid)
+        # The peak of the load alone: VmHWM restarts from the current resident size.
+        Path(f"/proc/{server.pid}/clear_refs").write_text("5")
 
         def one(_):
             t = time.perf_counter()
@@ -143,8 +153,7 @@ def serve_part(ckpt: Path, upload: Path, runtime: str, clients: int, requests: i
         with ThreadPoolExecutor(clients) as pool:
             answers = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - t0
-        status = Path(f"/proc/{server.pid}/status").read_text()
-        peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+        load = _memory_mb(server.pid)
         latencies = sorted(s for code, s in answers if code == 200)
         by_status: dict[str, int] = {}
         for code, _ in answers:
@@ -156,7 +165,10 @@ def serve_part(ckpt: Path, upload: Path, runtime: str, clients: int, requests: i
             "requests_per_s": round(len(answers) / wall, 2),
             "p50_s": round(statistics.median(latencies), 2) if latencies else None,
             "p99_s": round(latencies[int(0.99 * (len(latencies) - 1))], 2) if latencies else None,
-            "server_peak_mb": round(peak, 1),
+            "server_after_warmup_mb": warm["rss"],
+            "server_peak_through_warmup_mb": warm["peak"],
+            "server_peak_through_load_mb": load["peak"],
+            "server_after_load_mb": load["rss"],
         }
         print(f"C {row}", file=sys.stderr, flush=True)
         return row
@@ -165,13 +177,47 @@ def serve_part(ckpt: Path, upload: Path, runtime: str, clients: int, requests: i
         server.wait(timeout=60)
 
 
+def markdown(env: dict, args: argparse.Namespace, result: dict) -> str:
+    """The results as tables for the docs."""
+    lines = [
+        f"# Inputs as they come: {args.model}, {args.runtime} path, {env.get('cpu')}",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {env.get('torch')}, {torch.get_num_threads()} threads; load average "
+        f"{result.get('load', '')}. Random weights, 11 classes (labels change almost everywhere: the "
+        "slowest label computation). {note}".format(note=args.note),
+        "",
+        "| input | Segmenter: decode s | segment s (median) | peak MB | predict: wall s | peak MB | run at |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, a in result["segmenter"].items():
+        b = result["predict"][label]
+        size = "x".join(map(str, a["input_size"]))
+        lines.append(
+            f"| {label} | {a['decode_s']} | {a['median_s']} | {a['peak_mb']} | {b['wall_s']} | {b['peak_mb']} | "
+            f"{size}, {a['runtime']} |"
+        )
+    lines += [
+        "",
+        "| serve, 8 MP uploads at --max-batch 4 | answers | requests/s | p50 s | p99 s | peak MB (load) | "
+        "after warm-up MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["serve"]:
+        lines.append(
+            f"| {row['clients']} clients, {row['requests']} requests | {row['by_status']} | {row['requests_per_s']} | "
+            f"{row['p50_s']} | {row['p99_s']} | {row['server_peak_through_load_mb']} | {row['server_after_warmup_mb']} |"
+        )
+    lines += ["", f"Summary: `{json.dumps(result['summary'])}`", ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="cgrseg_t")
     p.add_argument("--runtime", default="default", help="'default' (the path predict chooses) or a runtime")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--clients", type=int, nargs="+", default=[16, 48], help="one serve run per count")
+    p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--note", default="")
     args = p.parse_args()
     import lightseg
@@ -187,11 +233,15 @@ def main() -> int:
         result = {
             "segmenter": segmenter_part(ckpt, inputs, args.runtime, args.runs),
             "predict": predict_part(ckpt, inputs, args.runtime, folder),
-            "serve": serve_part(
-                ckpt, inputs["upload 2896x2896 png"], args.runtime, args.clients, args.requests
-            ),
+            "serve": [
+                serve_part(
+                    ckpt, inputs["upload 2896x2896 png"], args.runtime, n, n * args.requests_per_client
+                )
+                for n in args.clients
+            ],
         }
         load["after"] = os.getloadavg()[0]
+        result["load"] = load
     env = environment(torch.get_num_threads()) | {"loadavg_1min": load, "note": args.note}
     seg = result["segmenter"]
     small, phone = seg["camvid 480x360 png"], seg["phone 4032x3024 jpg"]
@@ -207,13 +257,19 @@ def main() -> int:
             2,
         ),
         "phone_predict_peak_mb": result["predict"]["phone 4032x3024 jpg"]["peak_mb"],
-        "serve_peak_mb": result["serve"]["server_peak_mb"],
+        "serve_peak_mb": {
+            f"{row['clients']} clients": max(
+                row["server_peak_through_warmup_mb"], row["server_peak_through_load_mb"]
+            )
+            for row in result["serve"]
+        },
     }
     cpu = re.sub(r"[^A-Za-z0-9]+", "-", str(env.get("cpu", platform.machine()))).strip("-").lower()[:40]
     stem = ROOT / "benchmarks" / "results" / f"inputs_memory_{args.model}_{args.runtime}_{cpu}"
     stem.with_suffix(".json").write_text(
         json.dumps({"environment": env, "config": vars(args), **result}, indent=2) + "\n"
     )
+    stem.with_suffix(".md").write_text(markdown(env, args, result))
     print(json.dumps(result["summary"]))
     return 0
 

@@ -118,7 +118,7 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
         from lightseg.deploy.scale import describe_scale
         from lightseg.serve import Access, Limits, create_app, load_backend, server_config
         from lightseg.serve.guard import LOOPBACK_HOSTS
-        from lightseg.serve.server import ensure_descriptors
+        from lightseg.serve.server import ensure_descriptors, limit_malloc_arenas
     except ImportError as e:
         print(f"lightseg serve needs the serve extra: pip install 'lightseg[serve]' ({e})", file=sys.stderr)
         return 2
@@ -149,6 +149,7 @@ def run_serve(args: argparse.Namespace, rest: list[str]) -> int:
     except ValueError as e:
         raise ConfigError(f"the token in {source}: {e}") from None
     ensure_descriptors(limits)
+    limit_malloc_arenas()  # before the model's and the server's threads start
     if args.streams is not None and args.streams < 1:
         raise ConfigError(f"--streams must be at least 1, got {args.streams}")
     backend = load_backend(

@@ -27,11 +27,12 @@ from starlette.routing import Route
 from lightseg.errors import InputError, MemoryBudgetError, RequestError
 from lightseg.serve.backend import Backend, ModelInfo
 from lightseg.serve.batcher import Batcher, Result
+from lightseg.serve.gate import PixelGate
 from lightseg.serve.guard import Access, Guard, json_error
 from lightseg.serve.limits import Limits
 from lightseg.serve.metrics import CLIENT_CLOSED, CONTENT_TYPE, REJECTIONS, Metrics
 from lightseg.serve.server import short_path
-from lightseg.serve.uploads import decode_image, read_body, too_large
+from lightseg.serve.uploads import decode_upload, open_upload, read_body, too_large
 from lightseg.visualize import class_counts, colorize, overlay
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file in a form upload
@@ -60,11 +61,19 @@ def create_app(
     metrics = Metrics()
     info = backend.info
     page = resources.files("lightseg.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-    uploading = 0  # uploads being read or decoded
+    uploading = 0  # uploads being received
+    # Decoded images in flight: what the workers can take next (a batch each) and no more.
+    decoded_pixels = PixelGate(batcher.workers * max_batch * limits.max_pixels, max_waiting=max_queue)
     metrics.reading(
         "queue_depth", "Decoded images waiting for the inference worker.", lambda: batcher.waiting
     )
-    metrics.reading("uploads_in_progress", "Uploads being received or decoded.", lambda: uploading)
+    metrics.reading("uploads_in_progress", "Uploads being received.", lambda: uploading)
+    metrics.reading("decoded_pixels", "Pixels of the decoded images in flight.", lambda: decoded_pixels.held)
+    metrics.reading(
+        "uploads_waiting_to_decode",
+        "Uploads waiting for decoded images to leave room.",
+        lambda: decoded_pixels.waiting,
+    )
     metrics.reading("images_segmented_total", "Images the model has segmented.", lambda: batcher.served)
 
     async def index(request: Request) -> Response:
@@ -121,10 +130,17 @@ def create_app(
         uploading += 1
         try:
             data = await _read_upload(request, limits)
-            image = await run_in_threadpool(decode_image, data, limits)
-            del data  # the upload's bytes are not needed once decoded
+            upload = await run_in_threadpool(open_upload, data, limits)  # the header: size checked
         finally:
             uploading -= 1
+        async with decoded_pixels.hold(upload.width * upload.height):
+            image = await run_in_threadpool(decode_upload, upload)
+            del data, upload  # the compressed bytes, and Pillow's own copy of the pixels
+            return await _answer(image, start, fmt, with_overlay, alpha)
+
+    async def _answer(
+        image: np.ndarray, start: float, fmt: str, with_overlay: bool, alpha: float
+    ) -> Response:
         await run_in_threadpool(_admit, backend, image)
         decoded = time.perf_counter()
         result = await batcher.segment(image)

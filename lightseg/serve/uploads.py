@@ -78,6 +78,12 @@ def too_slow(size: int, seconds: float, limits: Limits) -> RequestError:
 
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     """Upload bytes -> H x W x 3 uint8 RGB, or a :class:`RequestError` (400/413/415/422)."""
+    return decode_upload(open_upload(data, limits))
+
+
+def open_upload(data: bytes, limits: Limits) -> Image.Image:
+    """The upload as an image whose header is read and whose size is within ``limits``, not yet
+    decoded (a :class:`RequestError` otherwise: 400/413/415/422)."""
     if not data:
         raise RequestError(
             400,
@@ -104,10 +110,15 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
     w, h = im.size
     if w * h > limits.max_pixels:
         raise _too_many_pixels(f"the image is {w} x {h} = {w * h} pixels", limits)
+    return im
+
+
+def decode_upload(im: Image.Image) -> np.ndarray:
+    """An image from :func:`open_upload` -> H x W x 3 uint8 RGB (422 when its data is corrupt)."""
     try:
         rgb = upright_rgb(im)  # decodes; a truncated or corrupt stream fails here
     except Exception as e:
-        raise _corrupt(fmt, e) from e
+        raise _corrupt(im.format or "image", e) from e
     return np.asarray(rgb)
 
 
