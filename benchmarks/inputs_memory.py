@@ -184,7 +184,7 @@ def markdown(env: dict, args: argparse.Namespace, result: dict) -> str:
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {env.get('torch')}, {torch.get_num_threads()} threads; load average "
         f"{result.get('load', '')}. Random weights, 11 classes (labels change almost everywhere: the "
-        "slowest label computation). {note}".format(note=args.note),
+        f"slowest label computation). {args.note}",
         "",
         "| input | Segmenter: decode s | segment s (median) | peak MB | predict: wall s | peak MB | run at |",
         "|---|---|---|---|---|---|---|",

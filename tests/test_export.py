@@ -257,3 +257,26 @@ def test_bench_cli_int8_json_is_clean(shared_data, tmp_path, capsys):
     assert report["environment"]["paths_timed"] == "in one process, one after another"
     (row,) = report["results"]
     assert row["precision"] == "int8" and row["runtime"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("coarse", [(3, 4), (12, 16)])
+def test_upsample_argmax_at_a_factor_other_than_an_even_integer_takes_the_cheaper_exact_way(
+    coarse, monkeypatch
+):
+    """To an image's own size (a factor of 11.8 here) the pixel-by-pixel boundary pass runs only where
+    labels change rarely; otherwise the banded direct computation, which is faster there."""
+    from lightseg.inference import upsample
+
+    g = torch.Generator().manual_seed(2)
+    logits = F.interpolate(torch.randn(1, 11, *coarse, generator=g) * 3, size=(64, 86), mode="bilinear")
+    low = logits.argmax(1)
+    rare = (low[:, 1:] != low[:, :-1]).float().mean().item() <= upsample.MAX_BOUNDARY_FRACTION_PIXELS
+    calls = []
+    pixel = upsample._pixel_argmax
+    monkeypatch.setattr(upsample, "_pixel_argmax", lambda *a: calls.append(1) or pixel(*a))
+    monkeypatch.setattr(upsample, "DIRECT_WORKSPACE", 2**20)  # bands also for this small output
+    size, crop = (756, 1008), (750, 1000)
+    got = upsample.upsample_argmax(logits, size, crop)
+    ref = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)[:, :750, :1000]
+    assert bool(calls) == rare and rare == (coarse == (3, 4))
+    assert (got == ref).float().mean().item() >= 0.9999

@@ -17,7 +17,7 @@ class Limits:
       (``--max-pixels``; 8 Mi holds 3840 x 2160), read from the image header before decoding.
     - ``max_connections``: open connections (``--max-connections``); a new one beyond it closes the
       longest-idle one (no request in flight), or is answered 503 when every one is busy.
-    - ``max_uploads``: uploads read and decoded at once (``--max-uploads``); beyond it a 503 before
+    - ``max_uploads``: uploads received at once (``--max-uploads``); beyond it a 503 before
       the body is read.
     - ``header_timeout``: seconds from connecting (or from the previous answer) to a complete
       request head (``--header-timeout``).
