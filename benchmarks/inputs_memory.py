@@ -182,8 +182,8 @@ def markdown(env: dict, args: argparse.Namespace, result: dict) -> str:
     lines = [
         f"# Inputs as they come: {args.model}, {args.runtime} path, {env.get('cpu')}",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {env.get('torch')}, {torch.get_num_threads()} threads; load average "
-        f"{result.get('load', '')}. Random weights, 11 classes (labels change almost everywhere: the "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {env.get('torch')}, {torch.get_num_threads()} threads; 1-minute load average "
+        f"{result['load']['before']:.1f} before, {result['load']['after']:.1f} after. Random weights, 11 classes (labels change almost everywhere: the "
         f"slowest label computation). {args.note}",
         "",
         "| input | Segmenter: decode s | segment s (median) | peak MB | predict: wall s | peak MB | run at |",
