@@ -280,11 +280,24 @@ def _legacy_fields(header: Mapping[str, str], path: Path) -> dict[str, Any]:
 
 def _train_fields(obj: dict, path: Path) -> dict[str, Any]:
     if obj.get(META_KEY) is not None:
-        return ModelMeta.from_json(obj[META_KEY], source=str(path)).to_dict()
-    spec = obj.get("model_spec")  # training checkpoints written before ModelMeta
-    if not isinstance(spec, dict) or not spec.get("name"):
-        raise CheckpointError(f"{path}: training checkpoint without model metadata ({META_KEY})")
-    return {"name": spec["name"], "num_classes": spec.get("num_classes"), "options": spec.get("kwargs", {})}
+        fields = ModelMeta.from_json(obj[META_KEY], source=str(path)).to_dict()
+        if "test_scale" in json.loads(obj[META_KEY]):
+            return fields
+    else:
+        spec = obj.get("model_spec")  # training checkpoints written before ModelMeta
+        if not isinstance(spec, dict) or not spec.get("name"):
+            raise CheckpointError(f"{path}: training checkpoint without model metadata ({META_KEY})")
+        fields = {
+            "name": spec["name"],
+            "num_classes": spec.get("num_classes"),
+            "options": spec.get("kwargs", {}),
+        }
+    # Written before models recorded their test scale: the run's own configuration has it.
+    config = obj.get("config")
+    scale = config.get("data", {}).get("test_scale") if isinstance(config, dict) else None
+    if scale:
+        fields["test_scale"] = [int(v) for v in scale]
+    return fields
 
 
 def read_checkpoint(path_or_url: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

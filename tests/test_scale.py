@@ -101,6 +101,20 @@ def test_training_records_its_test_scale(tmp_path):
     assert model.meta.test_scale == (1024, 512) and model.meta.classes == ("a", "b", "c")
 
 
+def test_a_training_checkpoint_from_before_the_record_takes_its_runs_test_scale(tmp_path):
+    """Checkpoints written before models recorded their scale carry their run's configuration:
+    its data.test_scale, not the ADE20K default, is how the model sees images."""
+    from lightseg.checkpoint import FORMAT_KEY, META_KEY, TRAIN_FORMAT
+
+    model = create_model("cgrseg_t", num_classes=3)
+    old_meta = {k: v for k, v in model.meta.to_dict().items() if k != "test_scale"}
+    ckpt = {FORMAT_KEY: TRAIN_FORMAT, META_KEY: json.dumps(old_meta), "model": model.state_dict()}
+    torch.save({**ckpt, "config": {"data": {"test_scale": [480, 360]}}}, tmp_path / "old.pt")
+    torch.save(ckpt, tmp_path / "older.pt")  # no configuration either: the documented default
+    assert load_checkpoint(tmp_path / "old.pt").meta.test_scale == (480, 360)
+    assert load_checkpoint(tmp_path / "older.pt").meta.test_scale == DEFAULT_TEST_SCALE
+
+
 def test_a_pass_over_the_budget_runs_in_windows_or_is_refused_with_the_figures():
     model = BlockNet().eval()
     big = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)

@@ -105,3 +105,12 @@ def test_the_malloc_arena_cap_takes_on_glibc_and_the_environment_wins():
         check=True,
     )
     assert (took.stdout.strip(), left.stdout.strip()) == ("True", "False")
+
+
+def test_the_gate_holds_a_batch_per_worker_of_8_mi_images_and_always_one_of_the_largest():
+    from lightseg.serve.gate import SLOT_PIXELS, decoded_capacity
+
+    assert SLOT_PIXELS == 8 * 2**20
+    assert decoded_capacity(2, 4, 16 * 2**20) == 8 * SLOT_PIXELS  # a larger --max-pixels: same memory
+    assert decoded_capacity(2, 4, 2**20) == 8 * 2**20  # small uploads only: a batch each of those
+    assert decoded_capacity(1, 1, 16 * 2**20) == 16 * 2**20  # one of the largest still gets in

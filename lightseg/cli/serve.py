@@ -70,7 +70,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default 20)")
     p.add_argument(
-        "--max-pixels", type=int, default=8 * 1024 * 1024, help="largest width x height (default 8 Mi)"
+        "--max-pixels",
+        type=int,
+        default=16 * 1024 * 1024,  # Limits.max_pixels (the serve extra may be absent here)
+        help="largest width x height (default 16 Mi: 4096 x 4096, 12 MP phone photos)",
     )
     p.add_argument(
         "--max-batch",

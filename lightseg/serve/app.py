@@ -27,7 +27,7 @@ from starlette.routing import Route
 from lightseg.errors import InputError, MemoryBudgetError, RequestError
 from lightseg.serve.backend import Backend, ModelInfo
 from lightseg.serve.batcher import Batcher, Result
-from lightseg.serve.gate import PixelGate
+from lightseg.serve.gate import PixelGate, decoded_capacity
 from lightseg.serve.guard import Access, Guard, json_error
 from lightseg.serve.limits import Limits
 from lightseg.serve.metrics import CLIENT_CLOSED, CONTENT_TYPE, REJECTIONS, Metrics
@@ -63,7 +63,9 @@ def create_app(
     page = resources.files("lightseg.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     uploading = 0  # uploads being received
     # Decoded images in flight: what the workers can take next (a batch each) and no more.
-    decoded_pixels = PixelGate(batcher.workers * max_batch * limits.max_pixels, max_waiting=max_queue)
+    decoded_pixels = PixelGate(
+        decoded_capacity(batcher.workers, max_batch, limits.max_pixels), max_waiting=max_queue
+    )
     metrics.reading(
         "queue_depth", "Decoded images waiting for the inference worker.", lambda: batcher.waiting
     )

@@ -15,6 +15,16 @@ from collections.abc import AsyncIterator
 
 from lightseg.errors import RequestError
 
+# One slot of the gate: an 8 Mi-pixel image (3840 x 2160); larger images take more than a slot.
+SLOT_PIXELS = 8 * 2**20
+
+
+def decoded_capacity(workers: int, max_batch: int, max_pixels: int) -> int:
+    """Decoded pixels in flight: a full batch for every inference worker, in slots of
+    :data:`SLOT_PIXELS` (so that raising ``--max-pixels`` does not raise the memory of many smaller
+    uploads), and at least one image of ``max_pixels``."""
+    return max(workers * max_batch * min(max_pixels, SLOT_PIXELS), max_pixels)
+
 
 class PixelGate:
     """At most ``capacity`` decoded pixels in flight (an image larger than that runs alone); an

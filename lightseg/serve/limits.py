@@ -14,7 +14,8 @@ class Limits:
     """The server's limits (the command-line option of each in brackets).
 
     - ``max_bytes``: largest upload (``--max-upload-mb``); ``max_pixels``: largest width x height
-      (``--max-pixels``; 8 Mi holds 3840 x 2160), read from the image header before decoding.
+      (``--max-pixels``; 16 Mi holds 4096 x 4096 and 12 MP phone photos), read from the image header
+      before decoding.
     - ``max_connections``: open connections (``--max-connections``); a new one beyond it closes the
       longest-idle one (no request in flight), or is answered 503 when every one is busy.
     - ``max_uploads``: uploads received at once (``--max-uploads``); beyond it a 503 before
@@ -29,7 +30,7 @@ class Limits:
     """
 
     max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 8 * 1024 * 1024
+    max_pixels: int = 16 * 1024 * 1024
     max_connections: int = 512
     max_uploads: int = 16
     header_timeout: float = 10.0
