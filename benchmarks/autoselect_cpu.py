@@ -40,11 +40,11 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(os.environ.get("LIGHTSEG_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import trained_like_norms  # noqa: E402
+from serve_load import write_results  # noqa: E402
 
 from lightseg import create_model, save_weights  # noqa: E402
 from lightseg.data.camvid import CamVid  # noqa: E402
@@ -234,10 +234,7 @@ def main() -> None:
         args.out
         or f"autoselect_cpu_{re.sub(r'[^a-z0-9]+', '-', cpu_name().lower()).strip('-')}_{os.cpu_count()}c"
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_results(stem, doc, markdown(doc))
 
 
 if __name__ == "__main__":

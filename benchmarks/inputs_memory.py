@@ -37,6 +37,9 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from serve_load import write_results  # noqa: E402
+
 DATA = Path(os.environ.get("LIGHTSEG_DATA", ROOT.parent / "shared" / "data")) / "camvid"
 SIZES = {
     "camvid 480x360 png": (480, 360, "png"),
@@ -266,11 +269,8 @@ def main() -> int:
         },
     }
     cpu = re.sub(r"[^A-Za-z0-9]+", "-", str(env.get("cpu", platform.machine()))).strip("-").lower()[:40]
-    stem = ROOT / "benchmarks" / "results" / f"inputs_memory_{args.model}_{args.runtime}_{cpu}"
-    stem.with_suffix(".json").write_text(
-        json.dumps({"environment": env, "config": vars(args), **result}, indent=2) + "\n"
-    )
-    stem.with_suffix(".md").write_text(markdown(env, args, result))
+    doc = {"environment": env, "config": vars(args), **result}
+    write_results(f"inputs_memory_{args.model}_{args.runtime}_{cpu}", doc, markdown(env, args, result))
     print(json.dumps(result["summary"]))
     return 0
 

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import collections
 import datetime as dt
-import json
 import os
 import platform
 import re
@@ -50,7 +49,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from serve_load import DATA, RESULTS, ROOT, cpu_model, free_port, machine_tag, save_model
+from serve_load import DATA, ROOT, cpu_model, free_port, machine_tag, save_model, write_results
 
 from lightseg.serve import Limits
 
@@ -659,10 +658,7 @@ def main() -> None:
     }
     doc["verdicts"] = verdicts(doc)
     stem = args.out or f"serve_faults_{machine_tag()}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_results(stem, doc, markdown(doc))
 
 
 if __name__ == "__main__":

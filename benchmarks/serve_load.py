@@ -66,6 +66,14 @@ def machine_tag() -> str:
     return f"{_slug(name)}_{os.cpu_count()}c"
 
 
+def write_results(stem: str, doc: dict, markdown: str) -> None:
+    """``results/<stem>.json`` and ``.md``; the markdown is printed too."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown)
+    print(markdown)
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -351,10 +359,7 @@ def main() -> None:
         ],
     }
     stem = args.out or f"serve_load_{args.model}_{'-vs-'.join(args.runtime)}_{machine_tag()}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_results(stem, doc, markdown(doc))
 
 
 if __name__ == "__main__":

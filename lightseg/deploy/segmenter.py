@@ -202,12 +202,16 @@ class Segmenter:
     def _bytes(self, n: int, h: int, w: int, size: tuple[int, int]) -> int:
         """Memory of ``n`` h x w images run at ``size`` as the options say (whole image, or the
         probabilities of every multi-scale/flip pass averaged at the image's own size)."""
-        hp, wp = self._padded(size)
-        k = self.num_classes
         if not self.single_pass:
-            return self.cost.bytes(hp * wp, n) + 3 * n * k * h * w * 4
-        resized = n * k * hp * wp * 4 if size != (h, w) else 0  # logits at the input size
+            return self._probs_bytes(n, h, w, size)
+        hp, wp = self._padded(size)
+        resized = n * self.num_classes * hp * wp * 4 if size != (h, w) else 0  # logits at the input size
         return self.cost.bytes(hp * wp, n) + resized + self._labels_bytes(n, h, w)
+
+    def _probs_bytes(self, n: int, h: int, w: int, size: tuple[int, int]) -> int:
+        """A pass at ``size`` and the K x h x w probabilities averaged at the image's size."""
+        hp, wp = self._padded(size)
+        return self.cost.bytes(hp * wp, n) + 3 * n * self.num_classes * h * w * 4
 
     def _labels_bytes(self, n: int, h: int, w: int) -> int:
         return n * h * w * LABEL_BYTES_PER_PIXEL + 3 * DIRECT_WORKSPACE  # bands of the direct computation
@@ -314,8 +318,7 @@ class Segmenter:
             )
         array = to_rgb_array(image)
         h, w = array.shape[:2]
-        hp, wp = self._padded(self.input_size(h, w))
-        need = self.cost.bytes(hp * wp) + 3 * self.num_classes * h * w * 4
+        need = self._probs_bytes(1, h, w, self.input_size(h, w))
         self._check(need, 1, h, w, "probabilities are K x H x W floats at the image's size")
         return self._probs([array])[0].cpu().numpy()
 
